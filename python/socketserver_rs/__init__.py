@@ -1,0 +1,61 @@
+"""socketserver_rs: the standard library's ``socketserver``, with its waiting done in Rust.
+
+``import socketserver_rs as socketserver`` is all existing code needs: the same classes,
+hooks, attributes and call order, with ``shutdown()`` and Ctrl-C answered at once and no
+idle wakeups. ``socketserver_rs.install()`` makes stdlib modules built on ``socketserver``
+(``http.server``, ``xmlrpc.server`` …) use it too.
+"""
+
+import os
+import socket
+from importlib import metadata
+
+from ._handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
+from ._mixins import ThreadingMixIn, ThreadingTCPServer, ThreadingUDPServer
+from ._servers import BaseServer, TCPServer, UDPServer
+from ._stdlib import install
+
+__all__ = [
+    "BaseRequestHandler",
+    "BaseServer",
+    "DatagramRequestHandler",
+    "StreamRequestHandler",
+    "TCPServer",
+    "ThreadingMixIn",
+    "ThreadingTCPServer",
+    "ThreadingUDPServer",
+    "UDPServer",
+    "install",
+]
+
+if hasattr(os, "fork"):
+    from ._mixins import ForkingMixIn, ForkingTCPServer, ForkingUDPServer
+
+    __all__ += ["ForkingMixIn", "ForkingTCPServer", "ForkingUDPServer"]
+
+if hasattr(socket, "AF_UNIX"):
+    from ._mixins import ThreadingUnixDatagramServer, ThreadingUnixStreamServer
+    from ._servers import UnixDatagramServer, UnixStreamServer
+
+    __all__ += [
+        "ThreadingUnixDatagramServer",
+        "ThreadingUnixStreamServer",
+        "UnixDatagramServer",
+        "UnixStreamServer",
+    ]
+
+if hasattr(os, "fork") and hasattr(socket, "AF_UNIX"):
+    from ._mixins import ForkingUnixDatagramServer, ForkingUnixStreamServer
+
+    __all__ += ["ForkingUnixDatagramServer", "ForkingUnixStreamServer"]
+
+# Public objects say they live here, as the stdlib's say they live in ``socketserver``
+# (repr, pickling and introspection-based checks all read ``__module__``).
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name
+
+try:
+    __version__ = metadata.version("socketserver-rs")
+except metadata.PackageNotFoundError:  # running from a source tree without metadata
+    __version__ = "0+unknown"

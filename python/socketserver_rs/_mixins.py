@@ -1,0 +1,192 @@
+"""Concurrency mixins (a thread or a child process per request) and the classes composed
+from them, as the stdlib composes them.
+"""
+
+import os
+import socket
+import threading
+
+from ._servers import TCPServer, UDPServer
+
+__all__ = ["ThreadingMixIn", "ThreadingTCPServer", "ThreadingUDPServer"]
+
+
+class _Threads(list):
+    """The non-daemon request threads ``server_close()`` will join; finished ones are
+    dropped whenever a new one is added, so a long-running server does not accumulate them."""
+
+    def append(self, thread):
+        self.reap()
+        if thread.daemon:
+            return
+        super().append(thread)
+
+    def pop_all(self):
+        taken = self[:]
+        del self[:]
+        return taken
+
+    def join(self):
+        for thread in self.pop_all():
+            thread.join()
+
+    def reap(self):
+        self[:] = [thread for thread in self if thread.is_alive()]
+
+
+class _NoThreads:
+    """Stands in for ``_Threads`` when ``block_on_close`` is false: nothing is kept."""
+
+    def append(self, thread):
+        pass
+
+    def join(self):
+        pass
+
+
+class ThreadingMixIn:
+    """Serve each request in a new thread.
+
+    ``daemon_threads``: whether request threads are daemons (the interpreter does not wait
+    for them at exit). ``block_on_close``: whether ``server_close()`` joins the request
+    threads still running.
+    """
+
+    daemon_threads = False
+    block_on_close = True
+    _threads = _NoThreads()
+
+    def process_request_thread(self, request, client_address):
+        """The body of a request thread: ``finish_request()`` with error handling."""
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def process_request(self, request, client_address):
+        """Start a thread to serve the request."""
+        if self.block_on_close:
+            vars(self).setdefault("_threads", _Threads())
+        thread = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address)
+        )
+        thread.daemon = self.daemon_threads
+        self._threads.append(thread)
+        thread.start()
+
+    def server_close(self):
+        """Close the server, then join the request threads if ``block_on_close``."""
+        super().server_close()
+        self._threads.join()
+
+
+class ThreadingUDPServer(ThreadingMixIn, UDPServer):
+    pass
+
+
+class ThreadingTCPServer(ThreadingMixIn, TCPServer):
+    pass
+
+
+if hasattr(os, "fork"):
+    __all__ += ["ForkingMixIn", "ForkingTCPServer", "ForkingUDPServer"]
+
+    class ForkingMixIn:
+        """Serve each request in a child process.
+
+        ``max_children``: above this many live children, a new request first waits for one
+        to exit. ``block_on_close``: whether ``server_close()`` waits for every child.
+        Children are reaped in ``service_actions()`` and ``handle_timeout()``.
+        """
+
+        timeout = 300
+        active_children = None
+        max_children = 40
+        block_on_close = True
+
+        def collect_children(self, *, blocking=False):
+            """Reap finished children; with ``blocking``, wait for all of them."""
+            if self.active_children is None:
+                return
+            # Over the limit: wait for any child at all until we are under it again.
+            while len(self.active_children) >= self.max_children:
+                try:
+                    pid, _ = os.waitpid(-1, 0)
+                    self.active_children.discard(pid)
+                except ChildProcessError:
+                    self.active_children.clear()  # none left, whatever we thought
+                except OSError:
+                    break
+            # Then reap our own children, without waiting unless asked to.
+            flags = 0 if blocking else os.WNOHANG
+            for pid in self.active_children.copy():
+                try:
+                    reaped, _ = os.waitpid(pid, flags)
+                    self.active_children.discard(reaped)
+                except ChildProcessError:
+                    self.active_children.discard(pid)  # someone else reaped it
+                except OSError:
+                    pass
+
+        def handle_timeout(self):
+            """Reap children when ``handle_request()`` times out."""
+            self.collect_children()
+
+        def service_actions(self):
+            """Reap children between requests and on idle wakeups."""
+            self.collect_children()
+
+        def process_request(self, request, client_address):
+            """Fork; the child serves the request and exits, the parent closes its copy."""
+            pid = os.fork()
+            if pid:
+                if self.active_children is None:
+                    self.active_children = set()
+                self.active_children.add(pid)
+                self.close_request(request)
+                return
+            status = 1
+            try:
+                self.finish_request(request, client_address)
+                status = 0
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                try:
+                    self.shutdown_request(request)
+                finally:
+                    os._exit(status)
+
+        def server_close(self):
+            """Close the server, then reap children (waiting if ``block_on_close``)."""
+            super().server_close()
+            self.collect_children(blocking=self.block_on_close)
+
+    class ForkingUDPServer(ForkingMixIn, UDPServer):
+        pass
+
+    class ForkingTCPServer(ForkingMixIn, TCPServer):
+        pass
+
+
+if hasattr(socket, "AF_UNIX"):
+    from ._servers import UnixDatagramServer, UnixStreamServer
+
+    __all__ += ["ThreadingUnixDatagramServer", "ThreadingUnixStreamServer"]
+
+    class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer):
+        pass
+
+    class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
+        pass
+
+    if hasattr(os, "fork"):
+        __all__ += ["ForkingUnixDatagramServer", "ForkingUnixStreamServer"]
+
+        class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer):
+            pass
+
+        class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer):
+            pass

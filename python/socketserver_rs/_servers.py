@@ -1,0 +1,285 @@
+"""The server classes: ``BaseServer`` and its TCP, UDP and Unix-domain subclasses.
+
+They keep the stdlib's shape (the same attributes, defaults and template-method hooks, called
+in the same order) and hand every wait to a Rust ``Engine``: ``serve_forever()``,
+``handle_request()`` and ``shutdown()`` are thin calls into it.
+"""
+
+import socket
+import sys
+import traceback
+
+from . import _core
+from ._fastpath import default_hook, serving_plan
+
+__all__ = ["BaseServer", "TCPServer", "UDPServer", "UnixDatagramServer", "UnixStreamServer"]
+
+
+class BaseServer:
+    """The base of every server: the request loop, its hooks and shutdown.
+
+    Methods for the caller:
+
+    - ``__init__(server_address, RequestHandlerClass)``
+    - ``serve_forever(poll_interval=0.5)``
+    - ``shutdown()``
+    - ``handle_request()``  # when not using serve_forever
+    - ``service_actions()``
+    - ``server_close()``
+    - ``fileno() -> int``   # for waiting on the server's socket
+
+    Methods that may be overridden:
+
+    - ``server_bind()``, ``server_activate()``
+    - ``get_request() -> (request, client_address)``
+    - ``handle_timeout()``
+    - ``verify_request(request, client_address)``
+    - ``server_close()``
+    - ``process_request(request, client_address)``
+    - ``shutdown_request(request)``, ``close_request(request)``
+    - ``service_actions()``
+    - ``handle_error(request, client_address)``
+
+    Attributes subclasses may set: ``timeout`` (seconds ``handle_request()`` waits, None for
+    no limit), ``address_family``, ``socket_type``, ``allow_reuse_address``,
+    ``allow_reuse_port``.
+
+    Instance attributes: ``server_address``, ``RequestHandlerClass``, ``socket``.
+    """
+
+    timeout = None
+
+    def __init__(self, server_address, RequestHandlerClass):
+        self.server_address = server_address
+        self.RequestHandlerClass = RequestHandlerClass
+        self._engine = _core.Engine()
+
+    # The stdlib keeps its sticky shutdown flag in a name-mangled attribute; code that pokes
+    # at it keeps working because it is the engine's flag under the same name.
+    @property
+    def __shutdown_request(self):
+        return self._engine.shutdown_requested
+
+    @__shutdown_request.setter
+    def __shutdown_request(self, value):
+        self._engine.shutdown_requested = bool(value)
+
+    def server_activate(self):
+        """Called by the constructor to start listening. May be overridden."""
+
+    def serve_forever(self, poll_interval=0.5):
+        """Serve one request at a time until ``shutdown()`` is called.
+
+        The wait happens in Rust with the GIL released and ends as soon as ``shutdown()`` is
+        called. ``service_actions()`` runs after every request and at least every
+        ``poll_interval`` seconds; when it is not overridden, an idle server does not wake up.
+        """
+        fast, service_actions = serving_plan(self)
+        self._engine.serve_forever(self, poll_interval, fast, service_actions)
+
+    def shutdown(self):
+        """Stop ``serve_forever()`` and wait until it has stopped.
+
+        Called from another thread it returns as soon as the loop has ended. Called from the
+        serving thread itself (from a handler of a non-threading server) it only asks the loop
+        to stop after the current request, instead of deadlocking as the stdlib does.
+        """
+        self._engine.shutdown()
+
+    @default_hook()
+    def service_actions(self):
+        """Called by ``serve_forever()`` after each request and on idle wakeups.
+
+        May be overridden by a subclass or mixin to do periodic work, such as reaping children.
+        """
+
+    def handle_request(self):
+        """Wait for one request and serve it.
+
+        Waits at most ``min(self.socket.gettimeout(), self.timeout)`` (either may be None) and
+        calls ``handle_timeout()`` if nothing came in that time.
+        """
+        fast, _ = serving_plan(self)
+        return self._engine.handle_request(self, fast)
+
+    @default_hook()
+    def _handle_request_noblock(self):
+        """Serve the request the socket has ready; the engine calls this when it is readable.
+
+        Returns the ``OSError`` that ``get_request()`` raised, if any (the stdlib returns
+        None): the engine backs off from a listener that fails for lack of descriptors.
+        """
+        try:
+            request, client_address = self.get_request()
+        except OSError as error:
+            return error
+        self._dispatch(request, client_address)
+        return None
+
+    def _dispatch(self, request, client_address):
+        """Verify and process an acquired request; the engine's fast path calls this."""
+        if not self.verify_request(request, client_address):
+            self.shutdown_request(request)
+            return
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    def handle_timeout(self):
+        """Called when ``handle_request()`` times out. May be overridden."""
+
+    def verify_request(self, request, client_address):
+        """Return True to serve the request, False to drop it. May be overridden."""
+        return True
+
+    def process_request(self, request, client_address):
+        """Handle the request, then shut it down. Overridden by the mixins."""
+        self.finish_request(request, client_address)
+        self.shutdown_request(request)
+
+    def server_close(self):
+        """Clean up the server. May be overridden."""
+
+    def finish_request(self, request, client_address):
+        """Handle the request by instantiating ``RequestHandlerClass``."""
+        self.RequestHandlerClass(request, client_address, self)
+
+    def shutdown_request(self, request):
+        """End one request explicitly and clean up after it."""
+        self.close_request(request)
+
+    def close_request(self, request):
+        """Clean up after one request."""
+
+    def handle_error(self, request, client_address):
+        """Report an exception raised while processing a request, then carry on serving.
+
+        The default prints the traceback to ``sys.stderr``. May be overridden.
+        """
+        rule = "-" * 40
+        print(rule, file=sys.stderr)
+        print("Exception occurred during processing of request from", client_address,
+              file=sys.stderr)
+        traceback.print_exc()
+        print(rule, file=sys.stderr)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.server_close()
+
+
+class TCPServer(BaseServer):
+    """A server on a stream socket (TCP by default).
+
+    The constructor creates the socket and, unless ``bind_and_activate`` is false, binds it
+    and starts listening; on failure the socket is closed before the error propagates.
+    """
+
+    address_family = socket.AF_INET
+    socket_type = socket.SOCK_STREAM
+    request_queue_size = 5
+    allow_reuse_address = False
+    allow_reuse_port = False
+
+    def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True):
+        BaseServer.__init__(self, server_address, RequestHandlerClass)
+        self.socket = socket.socket(self.address_family, self.socket_type)
+        if bind_and_activate:
+            try:
+                self.server_bind()
+                self.server_activate()
+            except BaseException:
+                self.server_close()
+                raise
+
+    def server_bind(self):
+        """Apply the reuse options and bind the socket; records the bound address."""
+        if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self):
+        """Start listening, with a backlog of ``request_queue_size``."""
+        self.socket.listen(self.request_queue_size)
+
+    def server_close(self):
+        """Close the listening socket."""
+        self.socket.close()
+
+    @default_hook()
+    def fileno(self):
+        """The descriptor the engine waits on."""
+        return self.socket.fileno()
+
+    @default_hook(socket.SOCK_STREAM)
+    def get_request(self):
+        """Accept a connection: returns ``(socket, client_address)``."""
+        return self.socket.accept()
+
+    def shutdown_request(self, request):
+        """Send our FIN, then close the connection."""
+        try:
+            # Closing alone may leave unsent data behind; shutting down the write side
+            # first makes the peer see everything, then end of stream.
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the peer may be gone already
+        self.close_request(request)
+
+    def close_request(self, request):
+        """Close the connection's socket."""
+        request.close()
+
+
+class UDPServer(TCPServer):
+    """A server on a datagram socket: each datagram is one request.
+
+    The request handed to the handler is ``(data, server_socket)``; datagrams longer than
+    ``max_packet_size`` are truncated, as ``recvfrom()`` truncates them.
+    """
+
+    allow_reuse_address = False
+    allow_reuse_port = False
+    socket_type = socket.SOCK_DGRAM
+    max_packet_size = 8192
+
+    @default_hook(socket.SOCK_DGRAM)
+    def get_request(self):
+        """Receive a datagram: returns ``((data, socket), client_address)``."""
+        data, client_address = self.socket.recvfrom(self.max_packet_size)
+        return (data, self.socket), client_address
+
+    def server_activate(self):
+        """Datagram sockets do not listen."""
+
+    def shutdown_request(self, request):
+        """Nothing to shut down for a datagram."""
+        self.close_request(request)
+
+    def close_request(self, request):
+        """Nothing to close: the socket is the server's."""
+
+
+if hasattr(socket, "AF_UNIX"):
+
+    class UnixStreamServer(TCPServer):
+        """A stream server on a Unix-domain socket."""
+
+        address_family = socket.AF_UNIX
+
+    class UnixDatagramServer(UDPServer):
+        """A datagram server on a Unix-domain socket."""
+
+        address_family = socket.AF_UNIX
+else:
+    __all__ = [name for name in __all__ if not name.startswith("Unix")]

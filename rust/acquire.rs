@@ -1,0 +1,107 @@
+//! The fast path: taking a request off the server socket in Rust.
+//!
+//! When no hook that acquires a request is overridden and `server.socket` is exactly a
+//! `socket.socket`, the engine accepts (stream) or receives (datagram) itself, in the same
+//! GIL-free stretch as the wait that reported the socket readable, and hands Python exactly
+//! what `get_request()` would have returned: `(socket.socket, address)` for streams,
+//! `((data, server.socket), address)` for datagrams.
+
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyTuple};
+
+use crate::address::peer_to_python;
+use crate::net::{self, PeerAddress};
+
+static SOCKET_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// What the GIL-free part took off the socket.
+#[derive(Debug)]
+pub enum Raw {
+    Connection(OwnedFd, PeerAddress),
+    Datagram(usize, PeerAddress),
+}
+
+/// The GIL-free half: a descriptor and a reusable buffer, nothing from Python.
+#[derive(Debug)]
+pub struct RawAcquirer {
+    fd: RawFd,
+    /// `None` for a stream socket; the receive buffer (`max_packet_size` long) for datagrams.
+    datagram_buffer: Option<Vec<u8>>,
+}
+
+impl RawAcquirer {
+    pub fn acquire(&mut self) -> std::io::Result<Raw> {
+        match &mut self.datagram_buffer {
+            None => net::accept(self.fd).map(|(fd, peer)| Raw::Connection(fd, peer)),
+            Some(buffer) => net::recv_from(self.fd, buffer).map(|(n, peer)| Raw::Datagram(n, peer)),
+        }
+    }
+}
+
+/// The Python half: what is needed to turn a `Raw` into `get_request()`'s return value.
+#[derive(Debug)]
+pub struct FastPath {
+    pub raw: RawAcquirer,
+    /// `(family, type, proto)` of the listening socket, for `socket.socket(...)`.
+    socket_args: (i32, i32, i32),
+    server_socket: Py<PyAny>,
+}
+
+impl FastPath {
+    /// Read the server socket's shape once per serving call. `None` when the fast path does
+    /// not apply (an address family it does not decode, or a socket type it does not serve).
+    pub fn for_server(server: &Bound<'_, PyAny>) -> PyResult<Option<FastPath>> {
+        let socket = server.getattr(pyo3::intern!(server.py(), "socket"))?;
+        let family: i32 = socket.getattr("family")?.extract()?;
+        let kind: i32 = socket.getattr("type")?.extract()?;
+        let proto: i32 = socket.getattr("proto")?.extract()?;
+        if !matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX) {
+            return Ok(None);
+        }
+        let datagram_buffer = match kind {
+            libc::SOCK_STREAM => None,
+            libc::SOCK_DGRAM => {
+                let size: usize = server.getattr("max_packet_size")?.extract()?;
+                Some(vec![0; size])
+            }
+            _ => return Ok(None),
+        };
+        let fd: RawFd = socket.call_method0("fileno")?.extract()?;
+        Ok(Some(FastPath {
+            raw: RawAcquirer {
+                fd,
+                datagram_buffer,
+            },
+            socket_args: (family, kind, proto),
+            server_socket: socket.unbind(),
+        }))
+    }
+
+    /// `(request, client_address)` as `get_request()` returns them.
+    pub fn to_python<'py>(&self, py: Python<'py>, raw: Raw) -> PyResult<Bound<'py, PyTuple>> {
+        match raw {
+            Raw::Connection(fd, peer) => {
+                let class = SOCKET_CLASS.get_or_try_init(py, || {
+                    PyResult::Ok(py.import("socket")?.getattr("socket")?.unbind())
+                })?;
+                let (family, kind, proto) = self.socket_args;
+                // On failure `fd` is dropped here and closed: nothing leaks.
+                let request = class
+                    .bind(py)
+                    .call1((family, kind, proto, fd.as_raw_fd()))?;
+                let _owned_by_python_now = fd.into_raw_fd();
+                PyTuple::new(py, [request, peer_to_python(py, &peer)?])
+            }
+            Raw::Datagram(len, peer) => {
+                let buffer = self.raw.datagram_buffer.as_deref().unwrap_or_default();
+                let data = PyBytes::new(py, &buffer[..len]);
+                let request =
+                    PyTuple::new(py, [data.into_any(), self.server_socket.bind(py).clone()])?;
+                PyTuple::new(py, [request.into_any(), peer_to_python(py, &peer)?])
+            }
+        }
+    }
+}

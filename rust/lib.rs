@@ -1,0 +1,22 @@
+//! `socketserver_rs._core`: the Rust engine behind `socketserver_rs`.
+//!
+//! This file is only the module list and the inventory of what Python sees; each other file
+//! owns one concept and says so in its first line.
+
+mod acquire;
+mod address;
+mod deadline;
+mod engine;
+mod errors;
+mod net;
+mod poller;
+mod shutdown;
+mod signals;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+mod _core {
+    #[pymodule_export]
+    use crate::engine::Engine;
+}

@@ -1,0 +1,252 @@
+//! The two system calls of the fast path, `accept4` and `recvfrom`, and the peer addresses
+//! they return, decoded the way CPython's `socket` module decodes them.
+//! This file needs no Python and is tested with `cargo test`.
+
+use std::ffi::CStr;
+use std::io;
+use std::mem::{MaybeUninit, size_of};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// A peer address, one variant per shape CPython gives it in Python.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAddress {
+    /// `(host, port)`.
+    Inet { host: String, port: u16 },
+    /// `(host, port, flowinfo, scope_id)`.
+    Inet6 {
+        host: String,
+        port: u16,
+        flowinfo: u32,
+        scope_id: u32,
+    },
+    /// A filesystem path as raw bytes (decoded with the filesystem encoding in Python);
+    /// empty for an unnamed peer, which Python shows as `''`.
+    UnixPath(Vec<u8>),
+    /// A Linux abstract-namespace name, leading NUL included (Python shows `bytes`).
+    UnixAbstract(Vec<u8>),
+    /// The kernel gave no address at all (Python shows `None`).
+    Absent,
+    /// A family the fast path does not decode.
+    Unsupported(i32),
+}
+
+impl PeerAddress {
+    fn decode(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> PeerAddress {
+        if len == 0 {
+            return PeerAddress::Absent;
+        }
+        match i32::from(storage.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the kernel wrote a sockaddr_in for AF_INET, and sockaddr_storage is
+                // large and aligned enough for every sockaddr type.
+                let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+                PeerAddress::Inet {
+                    host: ntop(libc::AF_INET, &sin.sin_addr as *const _ as *const _),
+                    port: u16::from_be(sin.sin_port),
+                }
+            }
+            libc::AF_INET6 => {
+                // SAFETY: as above, for AF_INET6 and sockaddr_in6.
+                let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+                PeerAddress::Inet6 {
+                    host: ntop(libc::AF_INET6, &sin6.sin6_addr as *const _ as *const _),
+                    port: u16::from_be(sin6.sin6_port),
+                    flowinfo: u32::from_be(sin6.sin6_flowinfo),
+                    scope_id: sin6.sin6_scope_id,
+                }
+            }
+            libc::AF_UNIX => {
+                // SAFETY: as above, for AF_UNIX and sockaddr_un.
+                let sun = unsafe { &*(storage as *const _ as *const libc::sockaddr_un) };
+                let header = size_of::<libc::sa_family_t>();
+                let path_len = (len as usize)
+                    .saturating_sub(header)
+                    .min(sun.sun_path.len());
+                let path: Vec<u8> = sun.sun_path[..path_len].iter().map(|&c| c as u8).collect();
+                if path.first() == Some(&0) {
+                    PeerAddress::UnixAbstract(path)
+                } else {
+                    // A path is NUL-terminated within the reported length, when terminated.
+                    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+                    PeerAddress::UnixPath(path[..end].to_vec())
+                }
+            }
+            family => PeerAddress::Unsupported(family),
+        }
+    }
+}
+
+// The libc crate does not bind inet_ntop; its C signature is fixed by POSIX.
+unsafe extern "C" {
+    fn inet_ntop(
+        af: libc::c_int,
+        src: *const libc::c_void,
+        dst: *mut libc::c_char,
+        size: libc::socklen_t,
+    ) -> *const libc::c_char;
+}
+
+/// `inet_ntop`, the function CPython formats IP addresses with (so `::ffff:1.2.3.4` and
+/// every other corner case reads exactly as `socket.accept()` would show it).
+fn ntop(family: i32, addr: *const libc::c_void) -> String {
+    let mut text = [0 as libc::c_char; 64];
+    // SAFETY: `addr` points at an in_addr/in6_addr matching `family`; `text` is longer than
+    // INET6_ADDRSTRLEN, and inet_ntop NUL-terminates on success.
+    let ok = unsafe { inet_ntop(family, addr, text.as_mut_ptr(), text.len() as _) };
+    if ok.is_null() {
+        return String::new();
+    }
+    // SAFETY: inet_ntop succeeded, so `text` holds a NUL-terminated ASCII string.
+    unsafe { CStr::from_ptr(text.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn empty_storage() -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
+    let storage = unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
+    (
+        storage,
+        size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+    )
+}
+
+/// Accept one connection: blocking and close-on-exec, as `socket.accept()` makes it.
+pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, PeerAddress)> {
+    let (mut storage, mut len) = empty_storage();
+    // SAFETY: `storage`/`len` describe a writable buffer of the size given.
+    let fd = unsafe {
+        libc::accept4(
+            listener,
+            &mut storage as *mut _ as *mut libc::sockaddr,
+            &mut len,
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok((fd, PeerAddress::decode(&storage, len)))
+}
+
+/// Receive one datagram into `buf` (truncating it to `buf.len()`, like `recvfrom(n)`).
+pub fn recv_from(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, PeerAddress)> {
+    let (mut storage, mut len) = empty_storage();
+    // SAFETY: `buf` is writable for its length; `storage`/`len` as in `accept`.
+    let n = unsafe {
+        libc::recvfrom(
+            socket,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            0,
+            &mut storage as *mut _ as *mut libc::sockaddr,
+            &mut len,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((n as usize, PeerAddress::decode(&storage, len)))
+}
+
+/// Whether accept() failed for lack of file descriptors (retrying at once would spin).
+pub fn is_descriptor_exhaustion(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+
+    #[test]
+    fn accept_reports_the_ipv4_peer_and_sets_cloexec() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (fd, peer) = accept(listener.as_raw_fd()).unwrap();
+        let local = client.local_addr().unwrap();
+        assert_eq!(
+            peer,
+            PeerAddress::Inet {
+                host: "127.0.0.1".into(),
+                port: local.port()
+            }
+        );
+        // SAFETY: fcntl F_GETFD on a descriptor we own.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+    }
+
+    #[test]
+    fn accept_reports_the_ipv6_peer() {
+        let Ok(listener) = TcpListener::bind("[::1]:0") else {
+            return; // no IPv6 loopback on this host: nothing to check
+        };
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_fd, peer) = accept(listener.as_raw_fd()).unwrap();
+        let PeerAddress::Inet6 { host, port, .. } = peer else {
+            panic!("{peer:?}")
+        };
+        assert_eq!(
+            (host.as_str(), port),
+            ("::1", client.local_addr().unwrap().port())
+        );
+    }
+
+    #[test]
+    fn unix_peers_decode_like_cpython() {
+        let dir = std::env::temp_dir().join(format!("ssrs-net-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stream");
+        let listener = UnixListener::bind(&path).unwrap();
+        let _client = UnixStream::connect(&path).unwrap();
+        let (_fd, peer) = accept(listener.as_raw_fd()).unwrap();
+        assert_eq!(peer, PeerAddress::UnixPath(Vec::new()));
+
+        let server_path = dir.join("dgram");
+        let server = UnixDatagram::bind(&server_path).unwrap();
+        let client_path = dir.join("client");
+        let client = UnixDatagram::bind(&client_path).unwrap();
+        client.send_to(b"ping", &server_path).unwrap();
+        let mut buf = [0u8; 2];
+        let (n, peer) = recv_from(server.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(n, 2, "a datagram longer than the buffer is truncated");
+        let expected = client_path.as_os_str().as_encoded_bytes().to_vec();
+        assert_eq!(peer, PeerAddress::UnixPath(expected));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn recv_from_reports_the_udp_sender() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .send_to(b"hello", server.local_addr().unwrap())
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let (n, peer) = recv_from(server.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        let port = client.local_addr().unwrap().port();
+        assert_eq!(
+            peer,
+            PeerAddress::Inet {
+                host: "127.0.0.1".into(),
+                port
+            }
+        );
+    }
+
+    #[test]
+    fn errors_keep_their_errno() {
+        let err = accept(-1).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        assert!(!is_descriptor_exhaustion(&err));
+        assert!(is_descriptor_exhaustion(&io::Error::from_raw_os_error(
+            libc::EMFILE
+        )));
+    }
+}

@@ -1,0 +1,242 @@
+//! Readiness waiting: one mio `Poll` per process, with a `Waker` for `shutdown()` and a
+//! socket pair that Python's C signal handler writes to (`signal.set_wakeup_fd`).
+//!
+//! mio is edge-triggered while socketserver is level-triggered (one request per wakeup), so a
+//! watched descriptor is re-armed with `EPOLL_CTL_MOD` after every wakeup that reported it:
+//! the kernel then reports it again if it is still readable and queued clients never starve.
+//! This file needs no Python and is tested with `cargo test`.
+
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+const WATCHED: Token = Token(0);
+const WAKER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+
+/// What ended one wait. Several may be true at once.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Wakeup {
+    /// The watched descriptor is readable.
+    pub readable: bool,
+    /// `Waker::wake` was called (a shutdown request).
+    pub woken: bool,
+    /// A signal arrived: through the wakeup pipe, or as `EINTR` on this thread.
+    pub signalled: bool,
+}
+
+/// A mio `Poll` with its waker and signal pipe, owned by the process that made it.
+#[derive(Debug)]
+pub struct Poller {
+    poll: Poll,
+    events: Events,
+    waker: Arc<Waker>,
+    signal_rx: UnixStream,
+    signal_tx: UnixStream,
+    watched: Option<RawFd>,
+    owner_pid: u32,
+}
+
+impl Poller {
+    pub fn new() -> io::Result<Poller> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        // Both ends non-blocking: the C signal handler must never block on a full pipe, and
+        // draining stops at the first `WouldBlock`.
+        let (signal_rx, signal_tx) = UnixStream::pair()?;
+        signal_rx.set_nonblocking(true)?;
+        signal_tx.set_nonblocking(true)?;
+        poll.registry().register(
+            &mut SourceFd(&signal_rx.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
+        Ok(Poller {
+            poll,
+            events: Events::with_capacity(8),
+            waker,
+            signal_rx,
+            signal_tx,
+            watched: None,
+            owner_pid: std::process::id(),
+        })
+    }
+
+    /// Whether this poller belongs to the calling process. After `fork()` the epoll instance
+    /// and the eventfd are shared with the parent, so a child must build its own.
+    pub fn is_owned_by_this_process(&self) -> bool {
+        self.owner_pid == std::process::id()
+    }
+
+    pub fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
+    /// The descriptor to hand to `signal.set_wakeup_fd`.
+    pub fn signal_write_fd(&self) -> RawFd {
+        self.signal_tx.as_raw_fd()
+    }
+
+    /// Watch `fd` for readability, replacing any previously watched descriptor.
+    pub fn watch(&mut self, fd: RawFd) -> io::Result<()> {
+        self.unwatch();
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), WATCHED, Interest::READABLE)?;
+        self.watched = Some(fd);
+        Ok(())
+    }
+
+    /// Stop watching. The descriptor may already be closed, so failures are ignored: a closed
+    /// descriptor has left the epoll set by itself.
+    pub fn unwatch(&mut self) {
+        if let Some(fd) = self.watched.take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+    }
+
+    /// Ask the kernel to report the watched descriptor again if it is still readable.
+    pub fn rearm(&mut self) -> io::Result<()> {
+        match self.watched {
+            Some(fd) => {
+                self.poll
+                    .registry()
+                    .reregister(&mut SourceFd(&fd), WATCHED, Interest::READABLE)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Wait until something happens or `timeout` passes (`None`: no limit). With `listen`
+    /// false, readiness of the watched descriptor is not reported (accepting is paused).
+    pub fn wait(&mut self, timeout: Option<Duration>, listen: bool) -> io::Result<Wakeup> {
+        let mut wakeup = Wakeup::default();
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {
+                wakeup.signalled = true;
+                return Ok(wakeup);
+            }
+            Err(err) => return Err(err),
+        }
+        for event in &self.events {
+            match event.token() {
+                WATCHED => wakeup.readable |= listen,
+                WAKER => wakeup.woken = true,
+                SIGNALS => wakeup.signalled = true,
+                _ => {}
+            }
+        }
+        if wakeup.signalled {
+            self.drain_signal_pipe();
+        }
+        Ok(wakeup)
+    }
+
+    fn drain_signal_pipe(&mut self) {
+        let mut sink = [0u8; 64];
+        while matches!(self.signal_rx.read(&mut sink), Ok(n) if n > 0) {}
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        // An inherited poller's epoll set is the parent's too: deregistering here would stop
+        // the parent from seeing its listener. Closing our copies of the descriptors is enough.
+        if self.is_owned_by_this_process() {
+            self.unwatch();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Instant;
+
+    const SHORT: Option<Duration> = Some(Duration::from_millis(50));
+
+    impl Wakeup {
+        fn timed_out(self) -> bool {
+            self == Wakeup::default()
+        }
+    }
+
+    #[test]
+    fn times_out_when_nothing_happens() {
+        let mut poller = Poller::new().unwrap();
+        let started = Instant::now();
+        let wakeup = poller.wait(SHORT, true).unwrap();
+        assert!(wakeup.timed_out());
+        assert!(started.elapsed() >= Duration::from_millis(40));
+    }
+
+    #[test]
+    fn waker_ends_an_unbounded_wait() {
+        let mut poller = Poller::new().unwrap();
+        let waker = poller.waker();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            waker.wake().unwrap();
+        });
+        let wakeup = poller.wait(None, true).unwrap();
+        assert!(wakeup.woken);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn signal_pipe_bytes_report_a_signal_and_are_drained() {
+        let mut poller = Poller::new().unwrap();
+        let mut tx = poller.signal_tx.try_clone().unwrap();
+        tx.write_all(&[2, 2, 2]).unwrap();
+        assert!(poller.wait(SHORT, true).unwrap().signalled);
+        // Drained: the next wait times out instead of reporting the same bytes again.
+        assert!(poller.wait(SHORT, true).unwrap().timed_out());
+    }
+
+    #[test]
+    fn queued_clients_are_reported_once_per_rearm() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let clients: Vec<_> = (0..3)
+            .map(|_| TcpStream::connect(address).unwrap())
+            .collect();
+        let mut poller = Poller::new().unwrap();
+        poller.watch(listener.as_raw_fd()).unwrap();
+        for _ in 0..clients.len() {
+            assert!(poller.wait(SHORT, true).unwrap().readable);
+            listener.accept().unwrap();
+            // Edge-triggered: without a re-arm the still-queued clients would not be reported.
+            poller.rearm().unwrap();
+        }
+        assert!(poller.wait(SHORT, true).unwrap().timed_out());
+    }
+
+    #[test]
+    fn paused_listening_ignores_readiness() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut poller = Poller::new().unwrap();
+        poller.watch(listener.as_raw_fd()).unwrap();
+        assert!(!poller.wait(SHORT, false).unwrap().readable);
+        poller.rearm().unwrap();
+        assert!(poller.wait(SHORT, true).unwrap().readable);
+    }
+
+    #[test]
+    fn unwatching_a_closed_descriptor_is_harmless() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut poller = Poller::new().unwrap();
+        poller.watch(listener.as_raw_fd()).unwrap();
+        drop(listener);
+        poller.unwatch();
+        assert!(poller.wait(SHORT, true).unwrap().timed_out());
+    }
+}
