@@ -28,6 +28,8 @@ pub enum Raw {
 #[derive(Debug)]
 pub struct RawAcquirer {
     fd: RawFd,
+    /// Set TCP_NODELAY on accepted connections (the server's `tcp_nodelay`, TCP only).
+    nodelay: bool,
     /// `None` for a stream socket; the receive buffer (`max_packet_size` long) for datagrams.
     datagram_buffer: Option<Vec<u8>>,
 }
@@ -35,7 +37,15 @@ pub struct RawAcquirer {
 impl RawAcquirer {
     pub fn acquire(&mut self) -> std::io::Result<Raw> {
         match &mut self.datagram_buffer {
-            None => net::accept(self.fd).map(|(fd, peer)| Raw::Connection(fd, peer)),
+            None => {
+                let (fd, peer) = net::accept(self.fd)?;
+                if self.nodelay {
+                    // Best effort, as in the Python path: a peer that already reset the
+                    // connection is the handler's to discover.
+                    let _ = net::set_nodelay(&fd);
+                }
+                Ok(Raw::Connection(fd, peer))
+            }
             Some(buffer) => net::recv_from(self.fd, buffer).map(|(n, peer)| Raw::Datagram(n, peer)),
         }
     }
@@ -70,9 +80,13 @@ impl FastPath {
             _ => return Ok(None),
         };
         let fd: RawFd = socket.call_method0("fileno")?.extract()?;
+        let nodelay = kind == libc::SOCK_STREAM
+            && family != libc::AF_UNIX
+            && server.getattr("tcp_nodelay")?.is_truthy()?;
         Ok(Some(FastPath {
             raw: RawAcquirer {
                 fd,
+                nodelay,
                 datagram_buffer,
             },
             socket_args: (family, kind, proto),

@@ -19,6 +19,7 @@ use crate::deadline::{AcceptBackoff, Deadline, duration_from_secs, effective_tim
 use crate::errors::os_error;
 use crate::net::is_descriptor_exhaustion;
 use crate::poller::{Poller, Wakeup};
+use crate::pool::WorkerPool;
 use crate::shutdown::ShutdownLatch;
 use crate::signals::SignalWakeup;
 
@@ -41,6 +42,8 @@ struct Session {
     poller: Poller,
     signals: Option<SignalWakeup>,
     fast: Option<FastPath>,
+    /// The worker pool whose free capacity decides whether to accept (backpressure).
+    pool: Option<Py<WorkerPool>>,
     backoff: AcceptBackoff,
     needs_rearm: bool,
 }
@@ -81,7 +84,12 @@ impl Engine {
     }
 
     /// Start watching the server's descriptor, with signals routed to the poller.
-    fn open_session(&self, server: &Bound<'_, PyAny>, fast: bool) -> PyResult<Session> {
+    fn open_session(
+        &self,
+        server: &Bound<'_, PyAny>,
+        fast: bool,
+        pool: Option<Py<WorkerPool>>,
+    ) -> PyResult<Session> {
         let py = server.py();
         let fd: i32 = server.call_method0(intern!(py, "fileno"))?.extract()?;
         if fd < 0 {
@@ -107,10 +115,14 @@ impl Engine {
                 return Err(err);
             }
         };
+        if let Some(pool) = &pool {
+            pool.get().queue().set_admission_waker(Some(poller.waker()));
+        }
         Ok(Session {
             poller,
             signals: Some(signals),
             fast,
+            pool,
             backoff: AcceptBackoff::default(),
             needs_rearm: false,
         })
@@ -118,6 +130,9 @@ impl Engine {
 
     fn close_session(&self, py: Python<'_>, mut session: Session) -> PyResult<()> {
         session.poller.unwatch();
+        if let Some(pool) = &session.pool {
+            pool.get().queue().set_admission_waker(None);
+        }
         let restored = match session.signals.take() {
             Some(signals) => signals.restore(py),
             None => Ok(()),
@@ -131,9 +146,10 @@ impl Engine {
         &self,
         server: &Bound<'_, PyAny>,
         fast: bool,
+        pool: Option<Py<WorkerPool>>,
         body: impl FnOnce(&mut Session) -> PyResult<T>,
     ) -> PyResult<T> {
-        let mut session = self.open_session(server, fast)?;
+        let mut session = self.open_session(server, fast, pool)?;
         let result = body(&mut session);
         let closed = self.close_session(server.py(), session);
         let value = result?;
@@ -154,7 +170,13 @@ impl Session {
             self.poller.rearm().map_err(|e| os_error(&e))?;
             self.needs_rearm = false;
         }
-        let listening = !self.backoff.is_paused();
+        // Accept only when the pool (if any) has a worker for the request: otherwise clients
+        // wait in the kernel backlog and the first worker to free up wakes us.
+        let listening = !self.backoff.is_paused()
+            && self
+                .pool
+                .as_ref()
+                .is_none_or(|pool| pool.get().queue().admit());
         let timeout = match self.backoff.remaining() {
             Some(pause) => Some(timeout.map_or(pause, |t| t.min(pause))),
             None => timeout,
@@ -219,13 +241,14 @@ impl Engine {
 
     /// Serve requests until `shutdown()`. `service_actions` false means the server's
     /// `service_actions()` is the no-op default: then an idle loop never wakes up.
-    #[pyo3(signature = (server, poll_interval, fast, service_actions))]
+    #[pyo3(signature = (server, poll_interval, fast, service_actions, pool=None))]
     fn serve_forever(
         &self,
         server: &Bound<'_, PyAny>,
         poll_interval: Option<f64>,
         fast: bool,
         service_actions: bool,
+        pool: Option<Py<WorkerPool>>,
     ) -> PyResult<()> {
         let py = server.py();
         let interval = if service_actions {
@@ -234,7 +257,7 @@ impl Engine {
             None
         };
         self.latch.begin_serving();
-        let result = self.with_session(server, fast, |session| {
+        let result = self.with_session(server, fast, pool, |session| {
             while !self.latch.is_requested() {
                 let (wakeup, acquired) = session.wait(py, interval)?;
                 if self.latch.is_requested() {
@@ -268,7 +291,7 @@ impl Engine {
         let server_timeout = server.getattr(intern!(py, "timeout"))?.extract()?;
         let timeout = effective_timeout(socket_timeout, server_timeout);
         let deadline = Deadline::after(duration_from_secs(timeout));
-        self.with_session(server, fast, |session| {
+        self.with_session(server, fast, None, |session| {
             loop {
                 let (wakeup, acquired) = session.wait(py, deadline.remaining())?;
                 if wakeup.readable {

@@ -10,8 +10,10 @@ mod engine;
 mod errors;
 mod net;
 mod poller;
+mod pool;
 mod shutdown;
 mod signals;
+mod work_queue;
 
 use pyo3::prelude::*;
 
@@ -19,4 +21,6 @@ use pyo3::prelude::*;
 mod _core {
     #[pymodule_export]
     use crate::engine::Engine;
+    #[pymodule_export]
+    use crate::pool::WorkerPool;
 }

@@ -5,7 +5,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::mem::{MaybeUninit, size_of};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// A peer address, one variant per shape CPython gives it in Python.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +151,26 @@ pub fn recv_from(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, PeerAddres
     Ok((n as usize, PeerAddress::decode(&storage, len)))
 }
 
+/// Turn off Nagle's algorithm on a TCP connection.
+pub fn set_nodelay(fd: &OwnedFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `fd` is an open socket; the option value is a c_int of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            &on as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Whether accept() failed for lack of file descriptors (retrying at once would spin).
 pub fn is_descriptor_exhaustion(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
@@ -179,6 +199,20 @@ mod tests {
         // SAFETY: fcntl F_GETFD on a descriptor we own.
         let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        set_nodelay(&fd).unwrap();
+        let mut value: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int of the size given.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &mut value as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        assert_eq!((rc, value != 0), (0, true));
     }
 
     #[test]

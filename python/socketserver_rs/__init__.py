@@ -12,6 +12,7 @@ from importlib import metadata
 
 from ._handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from ._mixins import ThreadingMixIn, ThreadingTCPServer, ThreadingUDPServer
+from ._pool import ThreadPoolMixIn, ThreadPoolTCPServer, ThreadPoolUDPServer
 from ._servers import BaseServer, TCPServer, UDPServer
 from ._stdlib import install
 
@@ -25,6 +26,10 @@ __all__ = [
     "ThreadingTCPServer",
     "ThreadingUDPServer",
     "UDPServer",
+    # Beyond the stdlib: pooled threading and the opt-in for stdlib consumers.
+    "ThreadPoolMixIn",
+    "ThreadPoolTCPServer",
+    "ThreadPoolUDPServer",
     "install",
 ]
 
@@ -35,11 +40,14 @@ if hasattr(os, "fork"):
 
 if hasattr(socket, "AF_UNIX"):
     from ._mixins import ThreadingUnixDatagramServer, ThreadingUnixStreamServer
+    from ._pool import ThreadPoolUnixDatagramServer, ThreadPoolUnixStreamServer
     from ._servers import UnixDatagramServer, UnixStreamServer
 
     __all__ += [
         "ThreadingUnixDatagramServer",
         "ThreadingUnixStreamServer",
+        "ThreadPoolUnixDatagramServer",
+        "ThreadPoolUnixStreamServer",
         "UnixDatagramServer",
         "UnixStreamServer",
     ]

@@ -34,11 +34,12 @@ def _stock(server, name):
 
 
 def serving_plan(server):
-    """``(fast, service_actions)`` for one serving call: whether the engine may acquire
-    requests itself, and whether ``service_actions()`` does anything worth a call."""
+    """``(fast, service_actions, pool)`` for one serving call: whether the engine may acquire
+    requests itself, whether ``service_actions()`` does anything worth a call, and the worker
+    pool whose free capacity gates accepting (None without one)."""
     kinds = [_stock(server, name) for name in _ACQUIRING_HOOKS]
     fast = None not in kinds
     if fast:
         sock = getattr(server, "socket", None)
         fast = type(sock) is socket.socket and sock.type == kinds[1]
-    return fast, _stock(server, _SERVICE_HOOK) is None
+    return fast, _stock(server, _SERVICE_HOOK) is None, getattr(server, "_worker_pool", None)

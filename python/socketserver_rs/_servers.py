@@ -74,8 +74,8 @@ class BaseServer:
         called. ``service_actions()`` runs after every request and at least every
         ``poll_interval`` seconds; when it is not overridden, an idle server does not wake up.
         """
-        fast, service_actions = serving_plan(self)
-        self._engine.serve_forever(self, poll_interval, fast, service_actions)
+        fast, service_actions, pool = serving_plan(self)
+        self._engine.serve_forever(self, poll_interval, fast, service_actions, pool)
 
     def shutdown(self):
         """Stop ``serve_forever()`` and wait until it has stopped.
@@ -99,7 +99,7 @@ class BaseServer:
         Waits at most ``min(self.socket.gettimeout(), self.timeout)`` (either may be None) and
         calls ``handle_timeout()`` if nothing came in that time.
         """
-        fast, _ = serving_plan(self)
+        fast, _, _ = serving_plan(self)
         return self._engine.handle_request(self, fast)
 
     @default_hook()
@@ -175,18 +175,31 @@ class BaseServer:
         self.server_close()
 
 
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
 class TCPServer(BaseServer):
     """A server on a stream socket (TCP by default).
 
     The constructor creates the socket and, unless ``bind_and_activate`` is false, binds it
     and starts listening; on failure the socket is closed before the error propagates.
+
+    Two defaults differ from the stdlib, on purpose:
+
+    - ``request_queue_size`` is ``socket.SOMAXCONN`` (the stdlib's is 5): with a backlog of
+      5, a burst of clients connecting at once mostly lands in SYN retries for a second or
+      more. Set it to 5 to get the stdlib's backlog back.
+    - ``tcp_nodelay`` is true: accepted TCP connections get ``TCP_NODELAY``, as asyncio and
+      uvloop set it, so a reply written in pieces (headers, then body) is not held back
+      ~40 ms by Nagle's algorithm waiting for a delayed ACK. Set it to False to keep Nagle.
     """
 
     address_family = socket.AF_INET
     socket_type = socket.SOCK_STREAM
-    request_queue_size = 5
+    request_queue_size = socket.SOMAXCONN
     allow_reuse_address = False
     allow_reuse_port = False
+    tcp_nodelay = True
 
     def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True):
         BaseServer.__init__(self, server_address, RequestHandlerClass)
@@ -224,7 +237,13 @@ class TCPServer(BaseServer):
     @default_hook(socket.SOCK_STREAM)
     def get_request(self):
         """Accept a connection: returns ``(socket, client_address)``."""
-        return self.socket.accept()
+        request, client_address = self.socket.accept()
+        if self.tcp_nodelay and request.family in _TCP_FAMILIES:
+            try:
+                request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # the peer may have reset already; the handler will find out
+        return request, client_address
 
     def shutdown_request(self, request):
         """Send our FIN, then close the connection."""

@@ -1,0 +1,77 @@
+//! `WorkerPool`: the Python face of `WorkQueue`, carrying `(request, client_address)` pairs
+//! from the serving loop to pooled `threading.Thread` workers.
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+
+use crate::deadline::duration_from_secs;
+use crate::work_queue::{Submitted, WorkQueue};
+
+// `weakref`: open pools are tracked in a WeakSet so interpreter exit can close them.
+#[pyclass(frozen, weakref, module = "socketserver_rs._core")]
+#[derive(Debug)]
+pub struct WorkerPool {
+    queue: WorkQueue<Py<PyAny>>,
+}
+
+impl WorkerPool {
+    pub fn queue(&self) -> &WorkQueue<Py<PyAny>> {
+        &self.queue
+    }
+}
+
+#[pymethods]
+impl WorkerPool {
+    #[new]
+    fn new(max_workers: usize) -> Self {
+        WorkerPool {
+            queue: WorkQueue::new(max_workers),
+        }
+    }
+
+    /// Queue an item for a worker. Returns True when the caller must start one more worker
+    /// thread (then it is already counted; call `worker_not_started()` if starting fails).
+    fn submit(&self, item: Py<PyAny>) -> PyResult<bool> {
+        match self.queue.submit(item) {
+            Ok(submitted) => Ok(submitted == Submitted::StartWorker),
+            Err(_) => Err(PyRuntimeError::new_err("the worker pool is closed")),
+        }
+    }
+
+    /// The next item for the calling worker, waiting without the GIL; None means exit (the
+    /// pool is closed and drained, or the worker was idle for `idle_timeout` seconds).
+    #[pyo3(signature = (idle_timeout=None))]
+    fn take(&self, py: Python<'_>, idle_timeout: Option<f64>) -> Option<Py<PyAny>> {
+        let idle_timeout = duration_from_secs(idle_timeout).unwrap_or(Duration::MAX);
+        py.detach(|| self.queue.take(idle_timeout))
+    }
+
+    fn worker_not_started(&self) {
+        self.queue.worker_not_started();
+    }
+
+    /// Refuse new items; workers exit once the queued ones are done.
+    fn close(&self) {
+        self.queue.close();
+    }
+
+    /// Worker threads started and not yet retired.
+    #[getter]
+    fn workers(&self) -> usize {
+        self.queue.counts().0
+    }
+
+    /// Workers waiting for an item.
+    #[getter]
+    fn idle(&self) -> usize {
+        self.queue.counts().1
+    }
+
+    /// Items waiting for a worker.
+    #[getter]
+    fn queued(&self) -> usize {
+        self.queue.counts().2
+    }
+}
