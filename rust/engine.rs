@@ -211,7 +211,7 @@ impl Session {
             (Some(fast), Some(Ok(raw))) => {
                 self.backoff.succeeded();
                 let args = fast.to_python(py, raw)?;
-                return server.call_method1(intern!(py, "_dispatch"), args);
+                return server.call_method1(intern!(py, "_rs_serve_acquired"), args);
             }
             // get_request() swallows an OSError from accept/recvfrom and serves nothing.
             (Some(_), Some(Err(err))) => err.raw_os_error(),

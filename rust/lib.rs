@@ -13,6 +13,7 @@ mod poller;
 mod pool;
 mod shutdown;
 mod signals;
+mod stream_io;
 mod work_queue;
 
 use pyo3::prelude::*;
@@ -23,4 +24,6 @@ mod _core {
     use crate::engine::Engine;
     #[pymodule_export]
     use crate::pool::WorkerPool;
+    #[pymodule_export]
+    use crate::stream_io::send_all;
 }

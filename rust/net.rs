@@ -151,6 +151,45 @@ pub fn recv_from(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, PeerAddres
     Ok((n as usize, PeerAddress::decode(&storage, len)))
 }
 
+/// One non-blocking `send()` (`MSG_DONTWAIT`, whatever the socket's own mode).
+pub fn send_nonblocking(socket: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is readable for its length.
+    let n = unsafe {
+        libc::send(
+            socket,
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Wait until `socket` can take more data; false if `timeout` (`None`: no limit) ran out.
+pub fn wait_writable(socket: RawFd, timeout: Option<std::time::Duration>) -> io::Result<bool> {
+    let mut pollfd = libc::pollfd {
+        fd: socket,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let millis = match timeout {
+        None => -1,
+        // Round up, so a short remaining time still waits rather than spinning.
+        Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
+    };
+    // SAFETY: one valid pollfd.
+    let rc = unsafe { libc::poll(&mut pollfd, 1, millis) };
+    match rc {
+        0 => Ok(false),
+        n if n > 0 => Ok(true),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// Turn off Nagle's algorithm on a TCP connection.
 pub fn set_nodelay(fd: &OwnedFd) -> io::Result<()> {
     let on: libc::c_int = 1;
@@ -272,6 +311,26 @@ mod tests {
                 port
             }
         );
+    }
+
+    #[test]
+    fn nonblocking_send_reports_a_full_buffer_and_waiting_times_out() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let chunk = [0u8; 65536];
+        let mut total = 0;
+        let err = loop {
+            match send_nonblocking(a.as_raw_fd(), &chunk) {
+                Ok(n) => total += n,
+                Err(err) => break err,
+            }
+            assert!(
+                total < 64 << 20,
+                "the peer never reads, so the buffer must fill"
+            );
+        };
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let waited = wait_writable(a.as_raw_fd(), Some(std::time::Duration::from_millis(20)));
+        assert!(!waited.unwrap());
     }
 
     #[test]

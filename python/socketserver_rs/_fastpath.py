@@ -42,4 +42,4 @@ def serving_plan(server):
     if fast:
         sock = getattr(server, "socket", None)
         fast = type(sock) is socket.socket and sock.type == kinds[1]
-    return fast, _stock(server, _SERVICE_HOOK) is None, getattr(server, "_worker_pool", None)
+    return fast, _stock(server, _SERVICE_HOOK) is None, getattr(server, "_rs_worker_pool", None)

@@ -5,6 +5,8 @@ handlers that give it file-like ``rfile`` and ``wfile``.
 import socket
 from io import BufferedIOBase, BytesIO
 
+from . import _core
+
 __all__ = ["BaseRequestHandler", "DatagramRequestHandler", "StreamRequestHandler"]
 
 
@@ -37,16 +39,24 @@ class BaseRequestHandler:
 
 
 class _SocketWriter(BufferedIOBase):
-    """An unbuffered, write-only file on a socket: every ``write()`` is one ``sendall()``,
-    so data leaves at once and a signal cannot cut a write short."""
+    """An unbuffered, write-only file on a socket: every ``write()`` sends all of its data
+    at once (a signal cannot cut it short) and returns its length.
+
+    On a plain ``socket.socket`` the native ``send_all`` does the work and keeps the GIL
+    while the kernel takes the data without waiting; other sockets (``ssl.SSLSocket`` …)
+    must go through their own ``sendall()``.
+    """
 
     def __init__(self, sock):
         self._sock = sock
+        self._native = type(sock) is socket.socket
 
     def writable(self):
         return True
 
     def write(self, b):
+        if self._native:
+            return _core.send_all(self._sock, b)
         self._sock.sendall(b)
         with memoryview(b) as view:
             return view.nbytes

@@ -48,25 +48,25 @@ class ThreadPoolMixIn:
     block_on_close = True
 
     @property
-    def _worker_pool(self):
+    def _rs_worker_pool(self):
         # Made on first use: mixins get no say in the server's __init__ arguments.
         state = vars(self)
-        pool = state.get("_pool")
+        pool = state.get("_rs_pool")
         if pool is None:
-            pool = state["_pool"] = _core.WorkerPool(self.max_workers)
-            state["_pool_workers"] = set()
+            pool = state["_rs_pool"] = _core.WorkerPool(self.max_workers)
+            state["_rs_pool_workers"] = set()
             _open_pools.add(pool)
         return pool
 
     def process_request(self, request, client_address):
         """Hand the request to a worker, starting one if the pool may grow."""
-        pool = self._worker_pool
+        pool = self._rs_worker_pool
         if pool.submit((request, client_address)):
-            self._start_worker(pool)
+            self._rs_start_worker(pool)
 
-    def _start_worker(self, pool):
-        worker = threading.Thread(target=self._work, args=(pool,), daemon=self.daemon_threads)
-        workers = self._pool_workers
+    def _rs_start_worker(self, pool):
+        worker = threading.Thread(target=self._rs_work, args=(pool,), daemon=self.daemon_threads)
+        workers = self._rs_pool_workers
         workers.add(worker)
         try:
             worker.start()
@@ -75,7 +75,7 @@ class ThreadPoolMixIn:
             pool.worker_not_started()
             raise
 
-    def _work(self, pool):
+    def _rs_work(self, pool):
         """A worker's life: serve queued requests until idle too long or the pool closes."""
         try:
             while (item := pool.take(self.worker_idle_timeout)) is not None:
@@ -84,7 +84,7 @@ class ThreadPoolMixIn:
                 self.process_request_thread(request, client_address)
                 del request, client_address
         finally:
-            self._pool_workers.discard(threading.current_thread())
+            self._rs_pool_workers.discard(threading.current_thread())
 
     def process_request_thread(self, request, client_address):
         """Serve one request on a worker: ``finish_request()`` with error handling."""
@@ -99,12 +99,12 @@ class ThreadPoolMixIn:
         """Close the server and the pool; with ``block_on_close``, wait for the workers to
         finish the queued and running requests."""
         super().server_close()
-        pool = vars(self).get("_pool")
+        pool = vars(self).get("_rs_pool")
         if pool is None:
             return
         pool.close()
         if self.block_on_close:
-            for worker in list(self._pool_workers):
+            for worker in list(self._rs_pool_workers):
                 worker.join()
 
 

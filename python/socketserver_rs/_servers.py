@@ -45,6 +45,9 @@ class BaseServer:
     ``allow_reuse_port``.
 
     Instance attributes: ``server_address``, ``RequestHandlerClass``, ``socket``.
+
+    Names starting with ``_rs_`` are this package's internals; the prefix keeps them clear
+    of subclass and mixin names (``xmlrpc.server``'s dispatcher has a ``_dispatch``, say).
     """
 
     timeout = None
@@ -52,17 +55,17 @@ class BaseServer:
     def __init__(self, server_address, RequestHandlerClass):
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
-        self._engine = _core.Engine()
+        self._rs_engine = _core.Engine()
 
     # The stdlib keeps its sticky shutdown flag in a name-mangled attribute; code that pokes
     # at it keeps working because it is the engine's flag under the same name.
     @property
     def __shutdown_request(self):
-        return self._engine.shutdown_requested
+        return self._rs_engine.shutdown_requested
 
     @__shutdown_request.setter
     def __shutdown_request(self, value):
-        self._engine.shutdown_requested = bool(value)
+        self._rs_engine.shutdown_requested = bool(value)
 
     def server_activate(self):
         """Called by the constructor to start listening. May be overridden."""
@@ -75,7 +78,7 @@ class BaseServer:
         ``poll_interval`` seconds; when it is not overridden, an idle server does not wake up.
         """
         fast, service_actions, pool = serving_plan(self)
-        self._engine.serve_forever(self, poll_interval, fast, service_actions, pool)
+        self._rs_engine.serve_forever(self, poll_interval, fast, service_actions, pool)
 
     def shutdown(self):
         """Stop ``serve_forever()`` and wait until it has stopped.
@@ -84,7 +87,7 @@ class BaseServer:
         serving thread itself (from a handler of a non-threading server) it only asks the loop
         to stop after the current request, instead of deadlocking as the stdlib does.
         """
-        self._engine.shutdown()
+        self._rs_engine.shutdown()
 
     @default_hook()
     def service_actions(self):
@@ -100,7 +103,7 @@ class BaseServer:
         calls ``handle_timeout()`` if nothing came in that time.
         """
         fast, _, _ = serving_plan(self)
-        return self._engine.handle_request(self, fast)
+        return self._rs_engine.handle_request(self, fast)
 
     @default_hook()
     def _handle_request_noblock(self):
@@ -113,10 +116,10 @@ class BaseServer:
             request, client_address = self.get_request()
         except OSError as error:
             return error
-        self._dispatch(request, client_address)
+        self._rs_serve_acquired(request, client_address)
         return None
 
-    def _dispatch(self, request, client_address):
+    def _rs_serve_acquired(self, request, client_address):
         """Verify and process an acquired request; the engine's fast path calls this."""
         if not self.verify_request(request, client_address):
             self.shutdown_request(request)
@@ -163,8 +166,9 @@ class BaseServer:
         """
         rule = "-" * 40
         print(rule, file=sys.stderr)
-        print("Exception occurred during processing of request from", client_address,
-              file=sys.stderr)
+        print(
+            "Exception occurred during processing of request from", client_address, file=sys.stderr
+        )
         traceback.print_exc()
         print(rule, file=sys.stderr)
 
