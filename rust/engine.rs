@@ -6,10 +6,8 @@
 //! by attribute lookup on the server, so overrides always win.
 
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use mio::Waker;
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -18,7 +16,7 @@ use crate::acquire::{FastPath, Raw};
 use crate::deadline::{AcceptBackoff, Deadline, duration_from_secs, effective_timeout};
 use crate::errors::os_error;
 use crate::net::is_descriptor_exhaustion;
-use crate::poller::{Poller, Wakeup};
+use crate::poller::{Poller, PollerSlot, Wakeup};
 use crate::pool::WorkerPool;
 use crate::shutdown::ShutdownLatch;
 use crate::signals::SignalWakeup;
@@ -30,11 +28,7 @@ const SHUTDOWN_SIGNAL_CHECK: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub struct Engine {
     latch: ShutdownLatch,
-    /// The idle poller, kept between calls. A call takes it out for its duration, so no lock
-    /// is ever held across a wait (a fork during a wait cannot leave it locked either).
-    poller: Mutex<Option<Poller>>,
-    /// The waker of the poller most recently handed out, with the pid it belongs to.
-    waker: Mutex<Option<(u32, Arc<Waker>)>>,
+    poller: PollerSlot,
 }
 
 /// Everything one serving call holds while it runs.
@@ -49,40 +43,6 @@ struct Session {
 }
 
 impl Engine {
-    fn take_poller(&self) -> PyResult<Poller> {
-        let idle = self
-            .poller
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        // A poller inherited through fork() shares its epoll set with the parent: build anew.
-        if let Some(poller) = idle.filter(Poller::is_owned_by_this_process) {
-            return Ok(poller);
-        }
-        let poller = Poller::new().map_err(|e| os_error(&e))?;
-        *self.waker.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((std::process::id(), poller.waker()));
-        Ok(poller)
-    }
-
-    fn put_back_poller(&self, poller: Poller) {
-        *self.poller.lock().unwrap_or_else(PoisonError::into_inner) = Some(poller);
-    }
-
-    fn wake(&self) -> PyResult<()> {
-        let waker = self
-            .waker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        match waker {
-            Some((pid, waker)) if pid == std::process::id() => {
-                waker.wake().map_err(|e| os_error(&e))
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// Start watching the server's descriptor, with signals routed to the poller.
     fn open_session(
         &self,
@@ -102,16 +62,16 @@ impl Engine {
         } else {
             None
         };
-        let mut poller = self.take_poller()?;
+        let mut poller = self.poller.take().map_err(|e| os_error(&e))?;
         if let Err(err) = poller.watch(fd) {
-            self.put_back_poller(poller);
+            self.poller.put_back(poller);
             return Err(os_error(&err));
         }
         let signals = match SignalWakeup::install(py, poller.signal_write_fd()) {
             Ok(signals) => signals,
             Err(err) => {
                 poller.unwatch();
-                self.put_back_poller(poller);
+                self.poller.put_back(poller);
                 return Err(err);
             }
         };
@@ -137,7 +97,7 @@ impl Engine {
             Some(signals) => signals.restore(py),
             None => Ok(()),
         };
-        self.put_back_poller(session.poller);
+        self.poller.put_back(session.poller);
         restored
     }
 
@@ -308,7 +268,7 @@ impl Engine {
     /// (a handler calling it) it only asks, since waiting there would deadlock.
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
         self.latch.request();
-        self.wake()?;
+        self.poller.wake().map_err(|e| os_error(&e))?;
         if self.latch.is_serving_thread() {
             return Ok(());
         }

@@ -1,4 +1,5 @@
-//! Turning Rust `io::Error`s into the Python exceptions the stdlib would raise.
+//! Turning Rust `io::Error`s into the Python exceptions the stdlib would raise, and
+//! reporting exceptions to Python hooks as if from inside an `except` block.
 //!
 //! PyO3's stock conversion loses `errno`; Python code around a socket server branches on
 //! `OSError.errno` and on subclasses such as `ConnectionResetError`, so we build the exception
@@ -6,8 +7,9 @@
 
 use std::io;
 
-use pyo3::PyErr;
 use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+use pyo3::{PyErr, ffi};
 
 /// The C library's message for `errno`, as `os.strerror` gives it.
 pub fn strerror(errno: i32) -> String {
@@ -25,6 +27,37 @@ pub fn os_error(err: &io::Error) -> PyErr {
         Some(errno) => PyOSError::new_err((errno, strerror(errno))),
         None => PyOSError::new_err(err.to_string()),
     }
+}
+
+/// Run `f` with `err` as the exception being handled, as inside an `except` block, so that
+/// `sys.exception()` and `traceback.print_exc()` in a `handle_error` hook see it.
+pub fn while_handling<T>(
+    py: Python<'_>,
+    err: &PyErr,
+    f: impl FnOnce() -> PyResult<T>,
+) -> PyResult<T> {
+    let value = err.value(py);
+    // On 3.11 a fetched traceback is kept beside the exception, not on it: attach it so
+    // that `traceback.print_exc()` shows where the exception came from.
+    if let Some(traceback) = err.traceback(py) {
+        if value.getattr("__traceback__").is_ok_and(|tb| tb.is_none()) {
+            let _ = value.setattr("__traceback__", traceback);
+        }
+    }
+    // SAFETY: we hold the GIL; GetHandledException returns a new (possibly null) reference
+    // that we hand back to SetHandledException (which does not steal) and then release.
+    let previous = unsafe {
+        let previous = ffi::PyErr_GetHandledException();
+        ffi::PyErr_SetHandledException(value.as_ptr());
+        previous
+    };
+    let result = f();
+    // SAFETY: as above; `previous` is ours to release after restoring it.
+    unsafe {
+        ffi::PyErr_SetHandledException(previous);
+        ffi::Py_XDECREF(previous);
+    }
+    result
 }
 
 #[cfg(test)]

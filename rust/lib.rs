@@ -5,15 +5,20 @@
 
 mod acquire;
 mod address;
+mod connections;
+mod datagram_loop;
 mod deadline;
 mod engine;
 mod errors;
+mod framing;
 mod net;
 mod poller;
 mod pool;
+mod reactor;
 mod shutdown;
 mod signals;
 mod stream_io;
+mod stream_loop;
 mod work_queue;
 
 use pyo3::prelude::*;
@@ -24,6 +29,8 @@ mod _core {
     use crate::engine::Engine;
     #[pymodule_export]
     use crate::pool::WorkerPool;
+    #[pymodule_export]
+    use crate::reactor::{Connection, Reactor};
     #[pymodule_export]
     use crate::stream_io::send_all;
 }

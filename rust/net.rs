@@ -111,6 +111,25 @@ fn empty_storage() -> (libc::sockaddr_storage, libc::socklen_t) {
     )
 }
 
+/// A socket address exactly as the kernel gave it, to send replies back to.
+#[derive(Clone, Copy)]
+pub struct RawAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl std::fmt::Debug for RawAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawAddr({:?})", self.peer())
+    }
+}
+
+impl RawAddr {
+    pub fn peer(&self) -> PeerAddress {
+        PeerAddress::decode(&self.storage, self.len)
+    }
+}
+
 /// Accept one connection: blocking and close-on-exec, as `socket.accept()` makes it.
 pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, PeerAddress)> {
     let (mut storage, mut len) = empty_storage();
@@ -129,6 +148,138 @@ pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, PeerAddress)> {
     // SAFETY: accept4 returned a new descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     Ok((fd, PeerAddress::decode(&storage, len)))
+}
+
+/// Accept one connection for a reactor: non-blocking and close-on-exec. The listener must be
+/// non-blocking itself (`WouldBlock` once the backlog is empty).
+pub fn accept_nonblocking(listener: RawFd) -> io::Result<(OwnedFd, PeerAddress)> {
+    let (mut storage, mut len) = empty_storage();
+    // SAFETY: as in `accept`.
+    let fd = unsafe {
+        libc::accept4(
+            listener,
+            &mut storage as *mut _ as *mut libc::sockaddr,
+            &mut len,
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok((fd, PeerAddress::decode(&storage, len)))
+}
+
+/// One `read()`; `Ok(0)` is end of stream.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One non-blocking `send()` that raises no SIGPIPE (a vanished peer is an `EPIPE` error).
+pub fn send_quietly(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is readable for its length.
+    let n = unsafe {
+        libc::send(
+            fd,
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Send one datagram to `to` without waiting.
+pub fn send_to(fd: RawFd, data: &[u8], to: &RawAddr) -> io::Result<usize> {
+    // SAFETY: `data` is readable for its length; `to` holds a kernel-provided address.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            &to.storage as *const _ as *const libc::sockaddr,
+            to.len,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One received datagram of a batch: where it came from, its length in its slot of the
+/// batch buffer, and whether it was cut to fit.
+#[derive(Debug, Clone, Copy)]
+pub struct Datagram {
+    pub from: RawAddr,
+    pub len: usize,
+    pub truncated: bool,
+}
+
+/// The most datagrams one `recvmmsg` call takes.
+pub const DATAGRAM_BATCH: usize = 32;
+
+/// Receive up to `DATAGRAM_BATCH` waiting datagrams in one system call, without waiting.
+/// `buffer` holds one slot of `slot_size` bytes per datagram.
+pub fn recv_batch(
+    fd: RawFd,
+    buffer: &mut [u8],
+    slot_size: usize,
+    out: &mut Vec<Datagram>,
+) -> io::Result<usize> {
+    let slots = (buffer.len() / slot_size.max(1)).min(DATAGRAM_BATCH);
+    let (storage, len) = empty_storage();
+    let mut addrs = [storage; DATAGRAM_BATCH];
+    // SAFETY: iovec and mmsghdr are plain old data; all zeroes is a valid value.
+    let mut iovecs: [libc::iovec; DATAGRAM_BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut headers: [libc::mmsghdr; DATAGRAM_BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..slots {
+        iovecs[i].iov_base = buffer[i * slot_size..].as_mut_ptr() as *mut libc::c_void;
+        iovecs[i].iov_len = slot_size;
+        headers[i].msg_hdr.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
+        headers[i].msg_hdr.msg_namelen = len;
+        headers[i].msg_hdr.msg_iov = &mut iovecs[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: `headers[..slots]` point at live, disjoint buffers and address slots above.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            headers.as_mut_ptr(),
+            slots as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    for (header, addr) in headers.iter().zip(addrs.iter()).take(n) {
+        out.push(Datagram {
+            from: RawAddr {
+                storage: *addr,
+                len: header.msg_hdr.msg_namelen,
+            },
+            len: header.msg_len as usize,
+            truncated: header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        });
+    }
+    Ok(n)
 }
 
 /// Receive one datagram into `buf` (truncating it to `buf.len()`, like `recvfrom(n)`).
@@ -331,6 +482,40 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         let waited = wait_writable(a.as_raw_fd(), Some(std::time::Duration::from_millis(20)));
         assert!(!waited.unwrap());
+    }
+
+    #[test]
+    fn batches_of_datagrams_keep_sender_and_truncation() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for payload in [&b"one"[..], b"two", b"a longer one"] {
+            client
+                .send_to(payload, server.local_addr().unwrap())
+                .unwrap();
+        }
+        let mut buffer = vec![0u8; 8 * DATAGRAM_BATCH];
+        let mut got = Vec::new();
+        let mut total = 0;
+        while total < 3 {
+            total += recv_batch(server.as_raw_fd(), &mut buffer, 8, &mut got).unwrap();
+        }
+        assert_eq!(got.len(), 3);
+        assert_eq!(&buffer[..got[0].len], b"one");
+        assert!(got[2].truncated, "12 bytes into an 8-byte slot");
+        let port = client.local_addr().unwrap().port();
+        assert_eq!(
+            got[1].from.peer(),
+            PeerAddress::Inet {
+                host: "127.0.0.1".into(),
+                port
+            }
+        );
+        // Replies go back to the recorded sender.
+        send_to(server.as_raw_fd(), b"back", &got[1].from).unwrap();
+        let mut reply = [0u8; 8];
+        assert_eq!(client.recv(&mut reply).unwrap(), 4);
+        let err = recv_batch(server.as_raw_fd(), &mut buffer, 8, &mut got).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use mio::unix::SourceFd;
@@ -18,6 +18,18 @@ use mio::{Events, Interest, Poll, Token, Waker};
 const WATCHED: Token = Token(0);
 const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
+/// Tokens from here on belong to the caller's own sources (`register`).
+const FIRST_SOURCE: usize = 3;
+
+/// Readiness of one of the caller's own sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    pub source: usize,
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer hung up or the socket is in error: reading will say which.
+    pub closed: bool,
+}
 
 /// What ended one wait. Several may be true at once.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +48,7 @@ pub struct Poller {
     poll: Poll,
     events: Events,
     waker: Arc<Waker>,
+    ready: Vec<Ready>,
     signal_rx: UnixStream,
     signal_tx: UnixStream,
     watched: Option<RawFd>,
@@ -60,6 +73,7 @@ impl Poller {
             poll,
             events: Events::with_capacity(8),
             waker,
+            ready: Vec::new(),
             signal_rx,
             signal_tx,
             watched: None,
@@ -112,10 +126,30 @@ impl Poller {
         }
     }
 
+    /// Register one of the caller's own descriptors under `source` (any number).
+    pub fn register(&self, fd: RawFd, source: usize, interest: Interest) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), Token(FIRST_SOURCE + source), interest)
+    }
+
+    /// Change the interest of a registered descriptor (this also re-arms it).
+    pub fn reregister(&self, fd: RawFd, source: usize, interest: Interest) -> io::Result<()> {
+        self.poll
+            .registry()
+            .reregister(&mut SourceFd(&fd), Token(FIRST_SOURCE + source), interest)
+    }
+
+    /// Readiness of the caller's own sources from the last `wait`.
+    pub fn ready(&self) -> &[Ready] {
+        &self.ready
+    }
+
     /// Wait until something happens or `timeout` passes (`None`: no limit). With `listen`
     /// false, readiness of the watched descriptor is not reported (accepting is paused).
     pub fn wait(&mut self, timeout: Option<Duration>, listen: bool) -> io::Result<Wakeup> {
         let mut wakeup = Wakeup::default();
+        self.ready.clear();
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {
@@ -129,7 +163,12 @@ impl Poller {
                 WATCHED => wakeup.readable |= listen,
                 WAKER => wakeup.woken = true,
                 SIGNALS => wakeup.signalled = true,
-                _ => {}
+                Token(token) => self.ready.push(Ready {
+                    source: token - FIRST_SOURCE,
+                    readable: event.is_readable() || event.is_read_closed(),
+                    writable: event.is_writable(),
+                    closed: event.is_error() || event.is_read_closed(),
+                }),
             }
         }
         if wakeup.signalled {
@@ -150,6 +189,53 @@ impl Drop for Poller {
         // the parent from seeing its listener. Closing our copies of the descriptors is enough.
         if self.is_owned_by_this_process() {
             self.unwatch();
+        }
+    }
+}
+
+/// The idle poller of a server object, kept between serving calls, and its waker.
+///
+/// A call takes the poller out for its duration, so no lock is held across a wait (and a
+/// fork during a wait cannot leave one locked). A poller inherited through `fork()` shares
+/// its epoll set with the parent, so the child builds a new one.
+#[derive(Debug, Default)]
+pub struct PollerSlot {
+    idle: Mutex<Option<Poller>>,
+    /// The waker of the poller most recently handed out, with the pid it belongs to.
+    waker: Mutex<Option<(u32, Arc<Waker>)>>,
+}
+
+impl PollerSlot {
+    pub fn take(&self) -> io::Result<Poller> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(poller) = idle.filter(Poller::is_owned_by_this_process) {
+            return Ok(poller);
+        }
+        let poller = Poller::new()?;
+        *self.waker.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((std::process::id(), poller.waker()));
+        Ok(poller)
+    }
+
+    pub fn put_back(&self, poller: Poller) {
+        *self.idle.lock().unwrap_or_else(PoisonError::into_inner) = Some(poller);
+    }
+
+    /// Wake the poller handed out last, if it belongs to this process (waking an inherited
+    /// one would wake the parent's loop instead).
+    pub fn wake(&self) -> io::Result<()> {
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match waker {
+            Some((pid, waker)) if pid == std::process::id() => waker.wake(),
+            _ => Ok(()),
         }
     }
 }
@@ -228,6 +314,38 @@ mod tests {
         assert!(!poller.wait(SHORT, false).unwrap().readable);
         poller.rearm().unwrap();
         assert!(poller.wait(SHORT, true).unwrap().readable);
+    }
+
+    #[test]
+    fn own_sources_report_their_readiness() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let poller = Poller::new().unwrap();
+        poller
+            .register(a.as_raw_fd(), 7, Interest::READABLE)
+            .unwrap();
+        let mut poller = poller;
+        b.write_all(b"x").unwrap();
+        poller.wait(SHORT, true).unwrap();
+        assert_eq!(poller.ready().len(), 1);
+        assert_eq!(poller.ready()[0].source, 7);
+        assert!(poller.ready()[0].readable);
+        drop(b);
+        poller
+            .reregister(a.as_raw_fd(), 7, Interest::READABLE)
+            .unwrap();
+        poller.wait(SHORT, true).unwrap();
+        assert!(poller.ready()[0].closed);
+    }
+
+    #[test]
+    fn slot_reuses_its_poller_and_wakes_it() {
+        let slot = PollerSlot::default();
+        let mut poller = slot.take().unwrap();
+        slot.wake().unwrap();
+        assert!(poller.wait(SHORT, true).unwrap().woken);
+        let fd = poller.signal_write_fd();
+        slot.put_back(poller);
+        assert_eq!(slot.take().unwrap().signal_write_fd(), fd);
     }
 
     #[test]

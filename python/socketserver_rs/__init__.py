@@ -13,6 +13,7 @@ from importlib import metadata
 from ._handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from ._mixins import ThreadingMixIn, ThreadingTCPServer, ThreadingUDPServer
 from ._pool import ThreadPoolMixIn, ThreadPoolTCPServer, ThreadPoolUDPServer
+from ._reactor import MessageHandler, ReactorTCPServer, ReactorUDPServer
 from ._servers import BaseServer, TCPServer, UDPServer
 from ._stdlib import install
 
@@ -26,10 +27,13 @@ __all__ = [
     "ThreadingTCPServer",
     "ThreadingUDPServer",
     "UDPServer",
-    # Beyond the stdlib: pooled threading and the opt-in for stdlib consumers.
+    # Beyond the stdlib: pooled threading, reactor servers, the opt-in for stdlib consumers.
     "ThreadPoolMixIn",
     "ThreadPoolTCPServer",
     "ThreadPoolUDPServer",
+    "MessageHandler",
+    "ReactorTCPServer",
+    "ReactorUDPServer",
     "install",
 ]
 
@@ -41,6 +45,7 @@ if hasattr(os, "fork"):
 if hasattr(socket, "AF_UNIX"):
     from ._mixins import ThreadingUnixDatagramServer, ThreadingUnixStreamServer
     from ._pool import ThreadPoolUnixDatagramServer, ThreadPoolUnixStreamServer
+    from ._reactor import ReactorUnixStreamServer
     from ._servers import UnixDatagramServer, UnixStreamServer
 
     __all__ += [
@@ -48,6 +53,7 @@ if hasattr(socket, "AF_UNIX"):
         "ThreadingUnixStreamServer",
         "ThreadPoolUnixDatagramServer",
         "ThreadPoolUnixStreamServer",
+        "ReactorUnixStreamServer",
         "UnixDatagramServer",
         "UnixStreamServer",
     ]

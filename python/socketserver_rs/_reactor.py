@@ -1,0 +1,178 @@
+"""Reactor servers: Rust owns the connections, Python sees whole messages.
+
+The stdlib's model costs a thread (or a process) per connection. Here the engine keeps every
+connection non-blocking in one loop, reads and frames the input, calls the handler's
+``handle_message()`` with each complete message (taking the GIL once per batch of ready
+messages) and writes the returned reply itself. Idle connections cost a descriptor and a few
+small buffers.
+
+Handlers run on the serving thread, one message at a time, so ``handle_message()`` must not
+block; hand slow work to a thread of your own and answer later with ``self.send()``, which
+works from any thread.
+"""
+
+import socket
+import sys
+import traceback
+
+from . import _core
+from ._fastpath import default_hook
+from ._servers import TCPServer
+
+__all__ = ["MessageHandler", "ReactorTCPServer", "ReactorUDPServer"]
+
+
+class MessageHandler:
+    """Handles the messages of one connection (for datagram servers: of one datagram).
+
+    Class attributes:
+
+    - ``framing``: how input is cut into messages. ``"raw"``: whatever one read returned;
+      ``"line"``: up to and including ``b"\\n"`` (a last line without one is delivered when
+      the client closes); ``"length32"``: a 4-byte big-endian length, then the payload,
+      delivered without the prefix; replies and ``send()`` data get the prefix added.
+    - ``max_message_size``: a longer message is reported to ``server.handle_error()`` and
+      its connection closed (for datagrams: the datagram is dropped).
+
+    Instance attributes: ``connection``, ``client_address``, ``server``.
+    """
+
+    framing = "raw"
+    max_message_size = 65536
+
+    def __init__(self, connection, client_address, server):
+        self.connection = connection
+        self.client_address = client_address
+        self.server = server
+
+    @default_hook()
+    def setup(self):
+        """Called when the connection opens (for datagrams: before the message)."""
+
+    def handle_message(self, message):
+        """Handle one message; return bytes to send back, or None."""
+        return None
+
+    @default_hook()
+    def finish(self):
+        """Called when the connection has closed (for datagrams: after the message)."""
+
+    def send(self, data):
+        """Queue ``data`` for the client; usable from any thread."""
+        self.connection.send(data)
+
+    def close(self):
+        """Close the connection once the data queued so far is written."""
+        self.connection.close()
+
+
+class _ReactorServer:
+    """What the reactor servers share: socket set-up as ``TCPServer`` does it, the serving
+    loop, shutdown and error reporting."""
+
+    address_family = socket.AF_INET
+    socket_type = socket.SOCK_STREAM
+    request_queue_size = socket.SOMAXCONN
+    allow_reuse_address = False
+    allow_reuse_port = False
+    #: Seconds without input after which a connection is closed (None: never).
+    idle_timeout = None
+    #: Connections served at once; further clients wait in the backlog (None: no limit).
+    max_connections = None
+    #: Unsent output (bytes) past which a connection is not read until it drains.
+    write_buffer_limit = 1 << 20
+
+    def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True):
+        self.server_address = server_address
+        self.RequestHandlerClass = RequestHandlerClass
+        self._rs_reactor = _core.Reactor()
+        self.socket = socket.socket(self.address_family, self.socket_type)
+        if bind_and_activate:
+            try:
+                self.server_bind()
+                self.server_activate()
+            except BaseException:
+                self.server_close()
+                raise
+
+    # Binding works exactly as for TCPServer (reuse options, recorded address).
+    server_bind = TCPServer.server_bind
+
+    def server_activate(self):
+        """Listen (stream sockets); the reactor needs the socket non-blocking."""
+        if self.socket_type == socket.SOCK_STREAM:
+            self.socket.listen(self.request_queue_size)
+        self.socket.setblocking(False)
+
+    def fileno(self):
+        return self.socket.fileno()
+
+    def serve_forever(self, poll_interval=0.5):
+        """Serve until ``shutdown()``. ``poll_interval`` is accepted for compatibility; the
+        reactor never needs to wake up on a timer."""
+        handler = self.RequestHandlerClass
+        self._rs_reactor.serve_forever(
+            self,
+            handler,
+            datagram=self.socket_type == socket.SOCK_DGRAM,
+            framing=handler.framing,
+            max_message_size=handler.max_message_size,
+            idle_timeout=self.idle_timeout,
+            max_connections=self.max_connections,
+            write_buffer_limit=self.write_buffer_limit,
+            calls_setup=getattr(handler.setup, "_socketserver_rs_default", None) is None,
+            calls_finish=getattr(handler.finish, "_socketserver_rs_default", None) is None,
+        )
+
+    def shutdown(self):
+        """Stop ``serve_forever()``: no more accepting, queued replies are written (for up to
+        2 s), and it returns. Connections stay open until ``server_close()``."""
+        self._rs_reactor.shutdown()
+
+    def server_close(self):
+        """Close every connection (each handler's ``finish()`` runs) and the socket."""
+        try:
+            self._rs_reactor.close_all(self)
+        finally:
+            self.socket.close()
+
+    @property
+    def connection_count(self):
+        """Connections open while the server is not serving (kept across serving calls)."""
+        return self._rs_reactor.connection_count
+
+    def handle_error(self, handler, client_address):
+        """Report an exception from a handler (or from framing its input); the server carries
+        on and that connection is closed. Called as if from an ``except`` block."""
+        rule = "-" * 40
+        print(rule, file=sys.stderr)
+        print(
+            "Exception occurred during processing of request from", client_address, file=sys.stderr
+        )
+        traceback.print_exc()
+        print(rule, file=sys.stderr)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.server_close()
+
+
+class ReactorTCPServer(_ReactorServer):
+    """A TCP server whose connections the Rust engine owns."""
+
+
+class ReactorUDPServer(_ReactorServer):
+    """A UDP server: each datagram is a message for a new handler; replies go to its sender."""
+
+    socket_type = socket.SOCK_DGRAM
+
+
+if hasattr(socket, "AF_UNIX"):
+    __all__ += ["ReactorUnixStreamServer"]
+
+    class ReactorUnixStreamServer(_ReactorServer):
+        """A Unix-domain stream server whose connections the Rust engine owns."""
+
+        address_family = socket.AF_UNIX

@@ -1,0 +1,290 @@
+//! The connections a reactor server owns: each one's socket, input decoder, output buffer
+//! and flow-control state, kept in a slab indexed by the poller's source number.
+//!
+//! Generic over the handler payload so that it needs no Python: tested with `cargo test`.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Instant;
+
+use crate::framing::{Decoder, FrameError};
+use crate::net;
+
+/// Why reading from a connection stopped.
+#[derive(Debug)]
+pub enum ReadStop {
+    /// Nothing more to read for now.
+    Drained,
+    /// The read budget ran out with data possibly left: read again soon.
+    Budget,
+    /// The peer closed its side (the decoder has been finished).
+    Eof,
+    /// Reading failed (a reset, say): the connection is unusable.
+    Failed,
+    Framing(FrameError),
+}
+
+#[derive(Debug)]
+pub struct Conn<H> {
+    fd: OwnedFd,
+    /// Distinguishes this connection from earlier ones that used the same slot.
+    pub generation: u64,
+    pub decoder: Decoder,
+    out: Vec<u8>,
+    out_start: usize,
+    pub handler: H,
+    pub last_active: Instant,
+    /// Readiness was reported and not yet read down to `WouldBlock`.
+    pub readable: bool,
+    /// Reading is paused because too much output is waiting (backpressure).
+    pub paused: bool,
+    /// No more input will come (end of stream, or the handler asked to close).
+    pub read_closed: bool,
+    /// Close as soon as the output is flushed.
+    pub closing: bool,
+    /// Registered with the poller for writability too.
+    pub wants_writable: bool,
+}
+
+impl<H> Conn<H> {
+    pub fn new(fd: OwnedFd, generation: u64, decoder: Decoder, handler: H) -> Conn<H> {
+        Conn {
+            fd,
+            generation,
+            decoder,
+            out: Vec::new(),
+            out_start: 0,
+            handler,
+            last_active: Instant::now(),
+            readable: false,
+            paused: false,
+            read_closed: false,
+            closing: false,
+            wants_writable: false,
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending_output(&self) -> usize {
+        self.out.len() - self.out_start
+    }
+
+    /// The buffer replies are appended to.
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    /// Write as much queued output as the socket takes now. `Ok(true)` once all is written.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while self.out_start < self.out.len() {
+            match net::send_quietly(self.fd(), &self.out[self.out_start..]) {
+                Ok(n) => self.out_start += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        self.out.clear();
+        self.out_start = 0;
+        Ok(true)
+    }
+
+    /// Read until the socket has nothing more or `budget` bytes were read, feeding the
+    /// decoder; each complete message goes to `emit`.
+    pub fn read_messages(
+        &mut self,
+        scratch: &mut [u8],
+        budget: usize,
+        emit: &mut impl FnMut(&[u8]),
+    ) -> ReadStop {
+        let mut taken = 0;
+        let limit = self.decoder.read_limit(scratch.len());
+        loop {
+            if taken >= budget {
+                return ReadStop::Budget;
+            }
+            match net::read(self.fd(), &mut scratch[..limit]) {
+                Ok(0) => {
+                    self.readable = false;
+                    self.read_closed = true;
+                    return match self.decoder.finish(emit) {
+                        Ok(()) => ReadStop::Eof,
+                        Err(err) => ReadStop::Framing(err),
+                    };
+                }
+                Ok(n) => {
+                    taken += n;
+                    self.last_active = Instant::now();
+                    if let Err(err) = self.decoder.feed(&scratch[..n], emit) {
+                        return ReadStop::Framing(err);
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return ReadStop::Drained;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return ReadStop::Failed,
+            }
+        }
+    }
+}
+
+/// A slab: stable indices, reused after removal.
+#[derive(Debug)]
+pub struct Slab<T> {
+    entries: Vec<Option<T>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab {
+            entries: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Slab<T> {
+    pub fn insert(&mut self, value: T) -> usize {
+        self.len += 1;
+        match self.free.pop() {
+            Some(index) => {
+                self.entries[index] = Some(value);
+                index
+            }
+            None => {
+                self.entries.push(Some(value));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    /// The index the next `insert` will use.
+    pub fn next_index(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.entries.len())
+    }
+
+    pub fn remove(&mut self, index: usize) -> Option<T> {
+        let value = self.entries.get_mut(index)?.take()?;
+        self.free.push(index);
+        self.len -= 1;
+        Some(value)
+    }
+
+    pub fn get(&self, index: usize) -> Option<&T> {
+        self.entries.get(index)?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.entries.get_mut(index)?.as_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(index, entry)| entry.as_ref().map(|_| index))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::Framing;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn pair(framing: Framing, limit: usize) -> (Conn<()>, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (
+            Conn::new(ours.into(), 1, Decoder::new(framing, limit), ()),
+            theirs,
+        )
+    }
+
+    #[test]
+    fn reads_whole_messages_then_drains() {
+        let (mut conn, mut peer) = pair(Framing::Line, 64);
+        peer.write_all(b"one\ntwo\nthr").unwrap();
+        let mut got = Vec::new();
+        let mut scratch = [0u8; 4];
+        let stop = conn.read_messages(&mut scratch, 1 << 20, &mut |m| got.push(m.to_vec()));
+        assert!(matches!(stop, ReadStop::Drained));
+        assert_eq!(got, vec![b"one\n".to_vec(), b"two\n".to_vec()]);
+        assert_eq!(conn.decoder.buffered(), 3);
+    }
+
+    #[test]
+    fn budget_stops_a_firehose_and_eof_is_seen() {
+        let (mut conn, mut peer) = pair(Framing::Raw, 1 << 16);
+        peer.write_all(&[7u8; 1000]).unwrap();
+        let mut scratch = [0u8; 100];
+        let mut count = 0;
+        let stop = conn.read_messages(&mut scratch, 300, &mut |_| count += 1);
+        assert!(matches!(stop, ReadStop::Budget));
+        assert_eq!(count, 3);
+        drop(peer);
+        let stop = conn.read_messages(&mut scratch, 1 << 20, &mut |_| count += 1);
+        assert!(matches!(stop, ReadStop::Eof));
+        assert_eq!(count, 10);
+        assert!(conn.read_closed);
+    }
+
+    #[test]
+    fn output_is_flushed_in_pieces_when_the_peer_is_slow() {
+        let (mut conn, mut peer) = pair(Framing::Raw, 64);
+        conn.output().extend(std::iter::repeat_n(1u8, 4 << 20));
+        assert!(!conn.flush().unwrap(), "4 MiB cannot fit a socket buffer");
+        let pending = conn.pending_output();
+        assert!(pending > 0);
+        let mut sink = vec![0u8; 1 << 20];
+        let mut received = 0;
+        while conn.pending_output() > 0 {
+            received += peer.read(&mut sink).unwrap();
+            conn.flush().unwrap();
+        }
+        peer.set_nonblocking(true).unwrap();
+        while let Ok(n) = peer.read(&mut sink) {
+            if n == 0 {
+                break;
+            }
+            received += n;
+        }
+        assert_eq!(received, 4 << 20);
+    }
+
+    #[test]
+    fn writing_to_a_vanished_peer_is_an_error_not_a_signal() {
+        let (mut conn, peer) = pair(Framing::Raw, 64);
+        drop(peer);
+        conn.output().extend_from_slice(b"hello");
+        assert_eq!(conn.flush().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn slab_reuses_indices() {
+        let mut slab = Slab::default();
+        let a = slab.insert("a");
+        let b = slab.insert("b");
+        assert_eq!(slab.remove(a), Some("a"));
+        assert_eq!(slab.next_index(), a);
+        assert_eq!(slab.insert("c"), a);
+        assert_eq!(slab.get(b), Some(&"b"));
+        assert_eq!(slab.len(), 2);
+        assert_eq!(slab.indices().collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(slab.remove(7), None);
+    }
+}

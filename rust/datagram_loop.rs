@@ -1,0 +1,180 @@
+//! The reactor's loop for datagram sockets (UDP, Unix datagram). Each turn receives a batch
+//! of datagrams with one `recvmmsg` call without the GIL, then, with the GIL, runs one
+//! handler per datagram (`setup`/`finish` only when the class overrides them) and queues
+//! its reply to the sender; replies are sent without the GIL at the start of the next turn.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::address::peer_to_python;
+use crate::errors::os_error;
+use crate::net::{self, DATAGRAM_BATCH, Datagram, RawAddr};
+use crate::reactor::{
+    Command, Connection, Reactor, Session, Settings, bytes_of, framing_error, report,
+};
+
+/// How long to wait before retrying replies the socket had no room for.
+const SEND_RETRY: Duration = Duration::from_millis(1);
+
+pub struct DatagramLoop<'r> {
+    reactor: &'r Reactor,
+    session: Session,
+    settings: Settings,
+    buffer: Vec<u8>,
+    received: Vec<Datagram>,
+    /// The last batch filled up: more may be waiting.
+    more: bool,
+    outgoing: VecDeque<(RawAddr, Vec<u8>)>,
+    commands: Vec<Command>,
+}
+
+impl<'r> DatagramLoop<'r> {
+    pub fn new(reactor: &'r Reactor, session: Session, settings: Settings) -> Self {
+        DatagramLoop {
+            reactor,
+            session,
+            settings,
+            buffer: vec![0; settings.max_message_size * DATAGRAM_BATCH],
+            received: Vec::with_capacity(DATAGRAM_BATCH),
+            more: false,
+            outgoing: VecDeque::new(),
+            commands: Vec::new(),
+        }
+    }
+
+    pub fn into_session(self) -> Session {
+        self.session
+    }
+
+    pub fn run(
+        &mut self,
+        server: &Bound<'_, PyAny>,
+        handler_class: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = server.py();
+        while !self.reactor.latch().is_requested() {
+            py.detach(|| self.io_half()).map_err(|e| os_error(&e))?;
+            py.check_signals()?;
+            self.python_half(server, handler_class)?;
+        }
+        py.detach(|| self.send_replies());
+        Ok(())
+    }
+
+    fn io_half(&mut self) -> std::io::Result<()> {
+        self.send_replies();
+        let timeout = if self.more {
+            Some(Duration::ZERO)
+        } else if !self.outgoing.is_empty() {
+            Some(SEND_RETRY)
+        } else {
+            None
+        };
+        if self.more {
+            self.session.poller.rearm()?;
+        }
+        let wakeup = self.session.poller.wait(timeout, true)?;
+        self.more = false;
+        if wakeup.readable {
+            self.session.poller.rearm()?;
+            let slot = self.settings.max_message_size;
+            match net::recv_batch(
+                self.session.listener,
+                &mut self.buffer,
+                slot,
+                &mut self.received,
+            ) {
+                Ok(n) => self.more = n == DATAGRAM_BATCH,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => self.more = true,
+                // An ICMP error from an earlier reply (ECONNREFUSED …) concerns that peer only.
+                Err(_) => self.more = true,
+            }
+        }
+        Ok(())
+    }
+
+    fn send_replies(&mut self) {
+        while let Some((to, data)) = self.outgoing.front() {
+            match net::send_to(self.session.listener, data, to) {
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                // Delivered, or undeliverable (peer gone, too large): either way it is done.
+                _ => {
+                    self.outgoing.pop_front();
+                }
+            }
+        }
+    }
+
+    fn python_half(
+        &mut self,
+        server: &Bound<'_, PyAny>,
+        handler_class: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = server.py();
+        let shared = self.reactor.shared();
+        let slot_size = self.settings.max_message_size;
+        for (index, datagram) in std::mem::take(&mut self.received).into_iter().enumerate() {
+            let address = peer_to_python(py, &datagram.from.peer())?.unbind();
+            if datagram.truncated {
+                let err = framing_error(format!(
+                    "datagram longer than max_message_size ({slot_size}) dropped"
+                ));
+                report(server, None, &address, err)?;
+                continue;
+            }
+            let start = index * slot_size;
+            let message = PyBytes::new(py, &self.buffer[start..start + datagram.len]);
+            let connection = Connection::for_datagram(shared, datagram.from);
+            let handler = match handler_class.call1((connection, address.clone_ref(py), server)) {
+                Ok(handler) => handler,
+                Err(err) => {
+                    report(server, None, &address, err)?;
+                    continue;
+                }
+            };
+            // As in BaseRequestHandler: setup, then the message, then finish even on error.
+            let handled = (|| {
+                if self.settings.calls_setup {
+                    handler.call_method0(intern!(py, "setup"))?;
+                }
+                let reply = handler.call_method1(intern!(py, "handle_message"), (message,));
+                let finished = if self.settings.calls_finish {
+                    handler.call_method0(intern!(py, "finish")).map(drop)
+                } else {
+                    Ok(())
+                };
+                let reply = reply?;
+                finished?;
+                if reply.is_none() {
+                    Ok(None)
+                } else {
+                    bytes_of(&reply).map(Some)
+                }
+            })();
+            self.queue_commands();
+            match handled {
+                Ok(Some(data)) => self.outgoing.push_back((datagram.from, data)),
+                Ok(None) => {}
+                Err(err) => report(server, Some(&handler.unbind()), &address, err)?,
+            }
+        }
+        self.queue_commands();
+        Ok(())
+    }
+
+    /// Replies handlers sent with `send()` (from this thread or any other).
+    fn queue_commands(&mut self) {
+        self.reactor.shared().take_commands(&mut self.commands);
+        for command in self.commands.drain(..) {
+            if let Command::SendTo { to, data } = command {
+                self.outgoing.push_back((to, data));
+            }
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! `Reactor`: servers whose connections Rust owns. The engine reads, frames and buffers input,
+//! calls the Python handler with whole messages (taking the GIL once per batch of ready
+//! messages) and writes the replies itself; a thousand idle connections cost descriptors and
+//! small buffers, not threads.
+//!
+//! This file holds what the stream and datagram loops share: the `Connection` handle given
+//! to handlers, the command queue through which handlers (on any thread) send and close, the
+//! serving session (poller, signals, shutdown) and error reporting. The loops themselves are
+//! in `stream_loop.rs` and `datagram_loop.rs`.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::{PyBufferError, PyException, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::connections::{Conn, Slab};
+use crate::datagram_loop::DatagramLoop;
+use crate::deadline::duration_from_secs;
+use crate::errors::{os_error, while_handling};
+use crate::framing::Framing;
+use crate::net::RawAddr;
+use crate::poller::{Poller, PollerSlot};
+use crate::shutdown::{ShutdownLatch, current_thread_id};
+use crate::signals::SignalWakeup;
+use crate::stream_loop::StreamLoop;
+
+/// A request from a handler to the loop.
+#[derive(Debug)]
+pub enum Command {
+    Send {
+        slot: usize,
+        generation: u64,
+        data: Vec<u8>,
+    },
+    Close {
+        slot: usize,
+        generation: u64,
+    },
+    SendTo {
+        to: RawAddr,
+        data: Vec<u8>,
+    },
+}
+
+/// What the loop and every `Connection` handle share.
+#[derive(Debug, Default)]
+pub struct Shared {
+    commands: Mutex<Vec<Command>>,
+    pub poller: PollerSlot,
+    /// The thread running the loop (0: none): commands from it need no wakeup.
+    loop_thread: AtomicU64,
+}
+
+impl Shared {
+    fn push(&self, command: Command) -> PyResult<()> {
+        self.commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(command);
+        if self.loop_thread.load(Ordering::Acquire) != current_thread_id() {
+            self.poller.wake().map_err(|e| os_error(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Move the queued commands into `into` (which the caller has emptied).
+    pub fn take_commands(&self, into: &mut Vec<Command>) {
+        let mut commands = self.commands.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(&mut *commands, into);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Stream { slot: usize, generation: u64 },
+    Datagram(RawAddr),
+}
+
+/// A handler's link to its connection (or, for datagrams, to the sender of its datagram).
+/// `send()` and `close()` may be called from any thread.
+#[pyclass(frozen, module = "socketserver_rs._core")]
+#[derive(Debug)]
+pub struct Connection {
+    shared: Arc<Shared>,
+    target: Target,
+}
+
+impl Connection {
+    pub fn for_stream(shared: &Arc<Shared>, slot: usize, generation: u64) -> Connection {
+        Connection {
+            shared: Arc::clone(shared),
+            target: Target::Stream { slot, generation },
+        }
+    }
+
+    pub fn for_datagram(shared: &Arc<Shared>, to: RawAddr) -> Connection {
+        Connection {
+            shared: Arc::clone(shared),
+            target: Target::Datagram(to),
+        }
+    }
+}
+
+/// The bytes of any bytes-like object.
+pub fn bytes_of(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(bytes.as_bytes().to_vec());
+    }
+    let buffer = PyUntypedBuffer::get(data)?;
+    if !buffer.is_c_contiguous() {
+        return Err(PyBufferError::new_err("data must be a C-contiguous buffer"));
+    }
+    // SAFETY: the buffer is exported (pinned) and contiguous for `len_bytes` bytes.
+    let slice =
+        unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
+    Ok(slice.to_vec())
+}
+
+#[pymethods]
+impl Connection {
+    /// Queue `data` to be sent (framed as the handler's `framing` says).
+    fn send(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let data = bytes_of(data)?;
+        self.shared.push(match self.target {
+            Target::Stream { slot, generation } => Command::Send {
+                slot,
+                generation,
+                data,
+            },
+            Target::Datagram(to) => Command::SendTo { to, data },
+        })
+    }
+
+    /// Close the connection once what was sent so far is written (no-op for datagrams).
+    fn close(&self) -> PyResult<()> {
+        match self.target {
+            Target::Stream { slot, generation } => {
+                self.shared.push(Command::Close { slot, generation })
+            }
+            Target::Datagram(_) => Ok(()),
+        }
+    }
+}
+
+/// A Python handler object and what the loop needs of it, looked up once.
+#[derive(Debug)]
+pub struct Handler {
+    pub object: Py<PyAny>,
+    pub handle_message: Py<PyAny>,
+    pub address: Py<PyAny>,
+}
+
+/// The reactor's settings, read from the server and handler class once per serving call.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub framing: Framing,
+    pub max_message_size: usize,
+    pub idle_timeout: Option<Duration>,
+    pub max_connections: usize,
+    pub write_buffer_limit: usize,
+    /// Whether the handler class overrides `setup` / `finish` (datagrams skip the calls).
+    pub calls_setup: bool,
+    pub calls_finish: bool,
+}
+
+/// Call the server's `handle_error(handler, client_address)` for `err`, with `err` as the
+/// exception being handled. `KeyboardInterrupt`, `SystemExit` and other non-`Exception`s
+/// are not handled: they come back to stop the loop, as in the stdlib.
+pub fn report(
+    server: &Bound<'_, PyAny>,
+    handler: Option<&Py<PyAny>>,
+    address: &Py<PyAny>,
+    err: PyErr,
+) -> PyResult<()> {
+    let py = server.py();
+    if !err.is_instance_of::<PyException>(py) {
+        return Err(err);
+    }
+    let handler = handler.map_or_else(|| py.None(), |h| h.clone_ref(py));
+    while_handling(py, &err, || {
+        server
+            .call_method1(
+                intern!(py, "handle_error"),
+                (handler, address.clone_ref(py)),
+            )
+            .map(drop)
+    })
+}
+
+/// A `ValueError` for a framing problem, to report through `handle_error`.
+pub fn framing_error(message: String) -> PyErr {
+    PyValueError::new_err(message)
+}
+
+/// The poller, listener and signal routing of one serving call.
+pub struct Session {
+    pub poller: Poller,
+    signals: Option<SignalWakeup>,
+    pub listener: RawFd,
+}
+
+#[pyclass(frozen, module = "socketserver_rs._core")]
+#[derive(Debug, Default)]
+pub struct Reactor {
+    shared: Arc<Shared>,
+    latch: ShutdownLatch,
+    /// Open connections between serving calls (a call takes them out while it runs).
+    conns: Mutex<Option<Slab<Conn<Handler>>>>,
+    generation: AtomicU64,
+}
+
+impl Reactor {
+    fn open_session(&self, server: &Bound<'_, PyAny>) -> PyResult<Session> {
+        let py = server.py();
+        let listener: RawFd = server.call_method0(intern!(py, "fileno"))?.extract()?;
+        if listener < 0 {
+            return Err(PyValueError::new_err(format!(
+                "Invalid file descriptor: {listener}"
+            )));
+        }
+        let mut poller = self.shared.poller.take().map_err(|e| os_error(&e))?;
+        if let Err(err) = poller.watch(listener) {
+            self.shared.poller.put_back(poller);
+            return Err(os_error(&err));
+        }
+        match SignalWakeup::install(py, poller.signal_write_fd()) {
+            Ok(signals) => Ok(Session {
+                poller,
+                signals: Some(signals),
+                listener,
+            }),
+            Err(err) => {
+                poller.unwatch();
+                self.shared.poller.put_back(poller);
+                Err(err)
+            }
+        }
+    }
+
+    fn close_session(&self, py: Python<'_>, mut session: Session) -> PyResult<()> {
+        session.poller.unwatch();
+        let restored = session.signals.take().map_or(Ok(()), |s| s.restore(py));
+        self.shared.poller.put_back(session.poller);
+        restored
+    }
+
+    pub fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn latch(&self) -> &ShutdownLatch {
+        &self.latch
+    }
+}
+
+#[pymethods]
+impl Reactor {
+    #[new]
+    fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serve until `shutdown()`: `datagram` selects the datagram loop. The handler class's
+    /// `framing` and `max_message_size` and the server's limits come in as arguments.
+    #[pyo3(signature = (
+        server, handler_class, *, datagram, framing, max_message_size, idle_timeout,
+        max_connections, write_buffer_limit, calls_setup, calls_finish
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn serve_forever(
+        &self,
+        server: &Bound<'_, PyAny>,
+        handler_class: &Bound<'_, PyAny>,
+        datagram: bool,
+        framing: &str,
+        max_message_size: usize,
+        idle_timeout: Option<f64>,
+        max_connections: Option<usize>,
+        write_buffer_limit: usize,
+        calls_setup: bool,
+        calls_finish: bool,
+    ) -> PyResult<()> {
+        let py = server.py();
+        let framing = Framing::from_name(framing).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "framing must be 'raw', 'line' or 'length32', not {framing:?}"
+            ))
+        })?;
+        if max_message_size == 0 {
+            return Err(PyValueError::new_err("max_message_size must be positive"));
+        }
+        let settings = Settings {
+            framing,
+            max_message_size,
+            idle_timeout: duration_from_secs(idle_timeout),
+            max_connections: max_connections.unwrap_or(usize::MAX),
+            write_buffer_limit: write_buffer_limit.max(1),
+            calls_setup,
+            calls_finish,
+        };
+        self.latch.begin_serving();
+        self.shared
+            .loop_thread
+            .store(current_thread_id(), Ordering::Release);
+        let result = (|| {
+            let session = self.open_session(server)?;
+            let (session, served) = if datagram {
+                let mut lp = DatagramLoop::new(self, session, settings);
+                let served = lp.run(server, handler_class);
+                (lp.into_session(), served)
+            } else {
+                let conns = self
+                    .conns
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                let mut lp = StreamLoop::new(self, session, settings, conns.unwrap_or_default());
+                let served = lp.run(server, handler_class);
+                let (session, conns) = lp.into_parts(py);
+                *self.conns.lock().unwrap_or_else(PoisonError::into_inner) = Some(conns);
+                (session, served)
+            };
+            let closed = self.close_session(py, session);
+            served?;
+            closed
+        })();
+        self.shared.loop_thread.store(0, Ordering::Release);
+        self.latch.end_serving();
+        result
+    }
+
+    /// Stop the loop: no more accepting; queued replies are flushed before it returns.
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        self.latch.request();
+        self.shared.poller.wake().map_err(|e| os_error(&e))?;
+        if self.latch.is_serving_thread() {
+            return Ok(());
+        }
+        while !py.detach(|| self.latch.wait_stopped(Duration::from_millis(100))) {
+            py.check_signals()?;
+        }
+        Ok(())
+    }
+
+    /// Close every open connection, calling each handler's `finish()` (for `server_close`).
+    fn close_all(&self, server: &Bound<'_, PyAny>) -> PyResult<()> {
+        let conns = self
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(mut conns) = conns else {
+            return Ok(());
+        };
+        let slots: Vec<usize> = conns.indices().collect();
+        let mut first_error = None;
+        for slot in slots {
+            if let Some(conn) = conns.remove(slot) {
+                if let Err(err) = finish(server, &conn.handler) {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Connections currently open.
+    #[getter]
+    fn connection_count(&self) -> usize {
+        self.conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, Slab::len)
+    }
+
+    #[getter]
+    fn shutdown_requested(&self) -> bool {
+        self.latch.is_requested()
+    }
+}
+
+/// Call a stream handler's `finish()`, reporting an exception from it.
+pub fn finish(server: &Bound<'_, PyAny>, handler: &Handler) -> PyResult<()> {
+    let py = server.py();
+    match handler.object.call_method0(py, intern!(py, "finish")) {
+        Ok(_) => Ok(()),
+        Err(err) => report(server, Some(&handler.object), &handler.address, err),
+    }
+}

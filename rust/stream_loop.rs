@@ -1,0 +1,564 @@
+//! The reactor's loop for stream sockets (TCP, Unix). Each turn has two halves:
+//!
+//! 1. without the GIL: write queued output, wait, accept new connections, read whatever is
+//!    readable and cut it into messages (copied into one arena for the turn);
+//! 2. with the GIL: make handlers for new connections, call `handle_message` for every
+//!    message in order, queue the replies, apply handlers' `send`/`close` commands, close
+//!    finished connections (calling `finish()`), and enforce the idle timeout.
+//!
+//! Backpressure: a connection whose unsent output passes `write_buffer_limit` is not read
+//! until the output drains below half of it, so a client that never reads cannot make the
+//! server buffer without bound.
+
+use std::ops::Range;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use mio::Interest;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::address::peer_to_python;
+use crate::connections::{Conn, ReadStop, Slab};
+use crate::deadline::AcceptBackoff;
+use crate::errors::os_error;
+use crate::framing::{Decoder, encode};
+use crate::net::{self, PeerAddress, is_descriptor_exhaustion};
+use crate::reactor::{
+    Command, Connection, Handler, Reactor, Session, Settings, bytes_of, finish, framing_error,
+    report,
+};
+
+const SCRATCH: usize = 64 * 1024;
+/// Bytes read from one connection per turn before others get their go.
+const READ_BUDGET: usize = 256 * 1024;
+/// Connections accepted per turn at most.
+const ACCEPT_BATCH: usize = 256;
+/// How long `shutdown()` waits for queued replies to be written.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
+/// Something that happened to a connection while reading, for the Python half to act on.
+#[derive(Debug)]
+enum Trouble {
+    Failed,
+    Framing(String),
+}
+
+pub struct StreamLoop<'r> {
+    reactor: &'r Reactor,
+    session: Session,
+    settings: Settings,
+    conns: Slab<Conn<Handler>>,
+    scratch: Vec<u8>,
+    arena: Vec<u8>,
+    messages: Vec<(usize, Range<usize>)>,
+    troubles: Vec<(usize, Trouble)>,
+    accepted: Vec<(OwnedFd, PeerAddress)>,
+    /// Connections with input left to read.
+    to_read: Vec<usize>,
+    /// Connections with output left to write.
+    to_flush: Vec<usize>,
+    /// Connections that may be ready to close.
+    to_close: Vec<usize>,
+    /// Connections whose peer ended its side this turn (closed once their messages are done).
+    ended: Vec<usize>,
+    commands: Vec<Command>,
+    backoff: AcceptBackoff,
+    rearm_listener: bool,
+    next_idle_check: Option<Instant>,
+}
+
+impl<'r> StreamLoop<'r> {
+    pub fn new(
+        reactor: &'r Reactor,
+        session: Session,
+        settings: Settings,
+        conns: Slab<Conn<Handler>>,
+    ) -> Self {
+        let mut lp = StreamLoop {
+            reactor,
+            session,
+            settings,
+            conns,
+            scratch: vec![0; SCRATCH],
+            arena: Vec::new(),
+            messages: Vec::new(),
+            troubles: Vec::new(),
+            accepted: Vec::new(),
+            to_read: Vec::new(),
+            to_flush: Vec::new(),
+            to_close: Vec::new(),
+            ended: Vec::new(),
+            commands: Vec::new(),
+            backoff: AcceptBackoff::default(),
+            rearm_listener: false,
+            next_idle_check: None,
+        };
+        // Connections kept from an earlier call: the poller may be a new one (after fork).
+        let slots: Vec<usize> = lp.conns.indices().collect();
+        for slot in slots {
+            let conn = lp.conns.get_mut(slot).expect("listed slot");
+            let fd = conn.fd();
+            let registered = lp.session.poller.register(fd, slot, Interest::READABLE);
+            if registered.is_err() {
+                let _ = lp.session.poller.reregister(fd, slot, Interest::READABLE);
+            }
+            conn.wants_writable = false;
+            lp.to_flush.push(slot);
+            lp.to_read.push(slot);
+            conn.readable = true;
+        }
+        lp
+    }
+
+    pub fn into_parts(self, _py: Python<'_>) -> (Session, Slab<Conn<Handler>>) {
+        (self.session, self.conns)
+    }
+
+    pub fn run(
+        &mut self,
+        server: &Bound<'_, PyAny>,
+        handler_class: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = server.py();
+        let latch = self.reactor.latch();
+        while !latch.is_requested() {
+            let timeout = self.next_timeout();
+            let listening =
+                !self.backoff.is_paused() && self.conns.len() < self.settings.max_connections;
+            py.detach(|| self.io_half(timeout, listening))
+                .map_err(|e| os_error(&e))?;
+            py.check_signals()?;
+            self.python_half(server, handler_class)?;
+        }
+        // Stop accepting; give queued replies a bounded time to go out.
+        let deadline = Instant::now() + SHUTDOWN_FLUSH;
+        py.detach(|| self.flush_before_return(deadline));
+        Ok(())
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        if !self.to_read.is_empty() || !self.accepted.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let idle = self
+            .next_idle_check
+            .map(|at| at.saturating_duration_since(now));
+        match (idle, self.backoff.remaining()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The GIL-free half of a turn.
+    fn io_half(&mut self, timeout: Option<Duration>, listening: bool) -> std::io::Result<()> {
+        self.flush_pending();
+        if self.rearm_listener {
+            self.session.poller.rearm()?;
+            self.rearm_listener = false;
+        }
+        let wakeup = self.session.poller.wait(timeout, listening)?;
+        // Readiness that arrives while not listening is consumed: ask again next time.
+        self.rearm_listener = wakeup.readable || !listening;
+        if wakeup.readable {
+            self.accept_batch();
+        }
+        for ready in self.session.poller.ready() {
+            let Some(conn) = self.conns.get_mut(ready.source) else {
+                continue;
+            };
+            if (ready.readable || ready.closed) && !conn.readable {
+                conn.readable = true;
+                self.to_read.push(ready.source);
+            }
+            if ready.writable && conn.pending_output() > 0 {
+                self.to_flush.push(ready.source);
+            }
+        }
+        self.read_ready();
+        Ok(())
+    }
+
+    fn accept_batch(&mut self) {
+        let room = self
+            .settings
+            .max_connections
+            .saturating_sub(self.conns.len());
+        for _ in 0..ACCEPT_BATCH.min(room) {
+            match net::accept_nonblocking(self.session.listener) {
+                Ok(accepted) => {
+                    self.backoff.succeeded();
+                    self.accepted.push(accepted);
+                }
+                Err(err) if is_descriptor_exhaustion(&err) => {
+                    self.backoff.failed();
+                    return;
+                }
+                // WouldBlock: the backlog is empty. Anything else (a client that reset while
+                // queued, say) concerns only that client.
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn read_ready(&mut self) {
+        let StreamLoop {
+            conns,
+            scratch,
+            arena,
+            messages,
+            troubles,
+            to_read,
+            ended,
+            ..
+        } = self;
+        let mut again = Vec::new();
+        for slot in to_read.drain(..) {
+            let Some(conn) = conns.get_mut(slot) else {
+                continue;
+            };
+            if conn.paused || conn.read_closed || conn.closing {
+                continue; // resumed by `flush_pending` once output drains
+            }
+            let stop = conn.read_messages(scratch, READ_BUDGET, &mut |message| {
+                let start = arena.len();
+                arena.extend_from_slice(message);
+                messages.push((slot, start..arena.len()));
+            });
+            match stop {
+                ReadStop::Drained | ReadStop::Eof => {}
+                ReadStop::Budget => again.push(slot),
+                ReadStop::Failed => troubles.push((slot, Trouble::Failed)),
+                ReadStop::Framing(err) => troubles.push((slot, Trouble::Framing(err.to_string()))),
+            }
+            if conn.read_closed {
+                ended.push(slot);
+            }
+        }
+        *to_read = again;
+    }
+
+    /// Write queued output; watch for writability where the socket is full.
+    fn flush_pending(&mut self) {
+        let limit = self.settings.write_buffer_limit;
+        for slot in std::mem::take(&mut self.to_flush) {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            let poller = &self.session.poller;
+            match conn.flush() {
+                Ok(true) => {
+                    if conn.wants_writable {
+                        conn.wants_writable = false;
+                        let _ = poller.reregister(conn.fd(), slot, Interest::READABLE);
+                    }
+                }
+                Ok(false) => {
+                    if !conn.wants_writable {
+                        conn.wants_writable = true;
+                        let _ = poller.reregister(
+                            conn.fd(),
+                            slot,
+                            Interest::READABLE | Interest::WRITABLE,
+                        );
+                    }
+                }
+                Err(_) => {
+                    // The peer is gone: drop what cannot be delivered and close.
+                    conn.output().clear();
+                    let _ = conn.flush();
+                    conn.closing = true;
+                    self.troubles.push((slot, Trouble::Failed));
+                }
+            }
+            if conn.paused && conn.pending_output() <= limit / 2 {
+                conn.paused = false;
+                if conn.readable {
+                    self.to_read.push(slot);
+                }
+            }
+            if conn.closing && conn.pending_output() == 0 {
+                self.to_close.push(slot);
+            }
+        }
+    }
+
+    /// The half of a turn that needs Python.
+    fn python_half(
+        &mut self,
+        server: &Bound<'_, PyAny>,
+        handler_class: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.open_accepted(server, handler_class)?;
+        self.dispatch_messages(server)?;
+        self.apply_commands();
+        for slot in std::mem::take(&mut self.ended) {
+            self.close_when_flushed(slot);
+        }
+        self.handle_troubles(server)?;
+        self.enforce_idle_timeout();
+        self.close_finished(server)
+    }
+
+    fn open_accepted(
+        &mut self,
+        server: &Bound<'_, PyAny>,
+        handler_class: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = server.py();
+        let shared = self.reactor.shared();
+        for (fd, peer) in std::mem::take(&mut self.accepted) {
+            let address = peer_to_python(py, &peer)?.unbind();
+            let slot = self.conns.next_index();
+            let generation = self.reactor.next_generation();
+            let connection = Connection::for_stream(shared, slot, generation);
+            let made = handler_class
+                .call1((connection, address.clone_ref(py), server))
+                .and_then(|object| {
+                    let handle_message = object.getattr(intern!(py, "handle_message"))?;
+                    object.call_method0(intern!(py, "setup"))?;
+                    Ok(Handler {
+                        object: object.unbind(),
+                        handle_message: handle_message.unbind(),
+                        address: address.clone_ref(py),
+                    })
+                });
+            let handler = match made {
+                Ok(handler) => handler,
+                Err(err) => {
+                    drop(fd); // close the connection: it has no handler
+                    report(server, None, &address, err)?;
+                    continue;
+                }
+            };
+            let decoder = Decoder::new(self.settings.framing, self.settings.max_message_size);
+            let raw_fd = fd.as_raw_fd();
+            let inserted = self
+                .conns
+                .insert(Conn::new(fd, generation, decoder, handler));
+            debug_assert_eq!(inserted, slot);
+            if let Err(err) = self
+                .session
+                .poller
+                .register(raw_fd, slot, Interest::READABLE)
+            {
+                let conn = self.conns.remove(slot).expect("just inserted");
+                report(
+                    server,
+                    Some(&conn.handler.object),
+                    &conn.handler.address,
+                    os_error(&err),
+                )?;
+                continue;
+            }
+            // Data may have come with the connection: read it this turn.
+            let conn = self.conns.get_mut(slot).expect("just inserted");
+            conn.readable = true;
+            self.to_read.push(slot);
+        }
+        Ok(())
+    }
+
+    fn dispatch_messages(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = server.py();
+        let messages = std::mem::take(&mut self.messages);
+        let mut result = Ok(());
+        for (slot, range) in &messages {
+            let Some(conn) = self.conns.get_mut(*slot) else {
+                continue;
+            };
+            if conn.closing {
+                continue; // closed by its handler or after an error: drop later messages
+            }
+            let message = PyBytes::new(py, &self.arena[range.clone()]);
+            let reply = conn.handler.handle_message.call1(py, (message,));
+            // Commands from the handler (send/close) come before its returned reply.
+            self.apply_commands();
+            let Some(conn) = self.conns.get_mut(*slot) else {
+                continue;
+            };
+            let queued = reply.and_then(|reply| {
+                let reply = reply.bind(py);
+                if reply.is_none() {
+                    return Ok(());
+                }
+                let data = bytes_of(reply)?;
+                encode(self.settings.framing, &data, conn.output())
+                    .map_err(|e| framing_error(e.to_string()))
+            });
+            match queued {
+                Ok(()) => self.after_output(*slot),
+                Err(err) => {
+                    self.close_when_flushed(*slot);
+                    let conn = self.conns.get_mut(*slot).expect("checked above");
+                    let (object, address) = (
+                        conn.handler.object.clone_ref(py),
+                        conn.handler.address.clone_ref(py),
+                    );
+                    if let Err(err) = report(server, Some(&object), &address, err) {
+                        result = Err(err);
+                        break;
+                    }
+                }
+            }
+        }
+        self.arena.clear();
+        result
+    }
+
+    /// Output was queued on `slot`: schedule the write, and pause reading past the limit.
+    fn after_output(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.pending_output() > 0 {
+            self.to_flush.push(slot);
+            if conn.pending_output() > self.settings.write_buffer_limit {
+                conn.paused = true;
+            }
+        }
+    }
+
+    fn apply_commands(&mut self) {
+        let shared = self.reactor.shared();
+        loop {
+            shared.take_commands(&mut self.commands);
+            if self.commands.is_empty() {
+                return;
+            }
+            for command in std::mem::take(&mut self.commands) {
+                match command {
+                    Command::Send {
+                        slot,
+                        generation,
+                        data,
+                    } => {
+                        let Some(conn) = self.conns.get_mut(slot) else {
+                            continue;
+                        };
+                        if conn.generation != generation || conn.closing {
+                            continue; // a closed connection, or one that asked to close
+                        }
+                        // Framing errors cannot happen for sends under 4 GiB; drop otherwise.
+                        if encode(self.settings.framing, &data, conn.output()).is_ok() {
+                            self.after_output(slot);
+                        }
+                    }
+                    Command::Close { slot, generation } => {
+                        if self
+                            .conns
+                            .get(slot)
+                            .is_some_and(|c| c.generation == generation)
+                        {
+                            self.close_when_flushed(slot);
+                        }
+                    }
+                    Command::SendTo { .. } => {}
+                }
+            }
+        }
+    }
+
+    /// Stop taking input from `slot` and close it once its output is written.
+    fn close_when_flushed(&mut self, slot: usize) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.closing = true;
+            self.to_flush.push(slot);
+            self.to_close.push(slot);
+        }
+    }
+
+    fn handle_troubles(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = server.py();
+        for (slot, trouble) in std::mem::take(&mut self.troubles) {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            conn.closing = true;
+            match trouble {
+                Trouble::Failed => {
+                    conn.output().clear();
+                    let _ = conn.flush();
+                }
+                Trouble::Framing(message) => {
+                    self.to_flush.push(slot);
+                    let (object, address) = (
+                        conn.handler.object.clone_ref(py),
+                        conn.handler.address.clone_ref(py),
+                    );
+                    report(server, Some(&object), &address, framing_error(message))?;
+                }
+            }
+            self.to_close.push(slot);
+        }
+        Ok(())
+    }
+
+    fn enforce_idle_timeout(&mut self) {
+        let Some(idle) = self.settings.idle_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        if self.next_idle_check.is_some_and(|at| now < at) {
+            return;
+        }
+        let slots: Vec<usize> = self.conns.indices().collect();
+        for slot in slots {
+            let conn = self.conns.get_mut(slot).expect("listed slot");
+            if now.duration_since(conn.last_active) >= idle && !conn.closing {
+                self.close_when_flushed(slot);
+            }
+        }
+        // Checking a quarter as often as the timeout keeps closes within 1.25x of it.
+        self.next_idle_check = Some(now + (idle / 4).max(Duration::from_millis(10)));
+    }
+
+    /// Close connections that are closing and have nothing left to write.
+    fn close_finished(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut result = Ok(());
+        for slot in std::mem::take(&mut self.to_close) {
+            let ready = self
+                .conns
+                .get(slot)
+                .is_some_and(|c| c.closing && c.pending_output() == 0);
+            if !ready {
+                continue;
+            }
+            let conn = self.conns.remove(slot).expect("checked above");
+            self.rearm_listener = true; // room for one more, if we were at max_connections
+            if let Err(err) = finish(server, &conn.handler) {
+                result = result.and(Err(err));
+            }
+            drop(conn); // closes the socket, which also leaves the epoll set
+        }
+        result
+    }
+
+    fn flush_before_return(&mut self, deadline: Instant) {
+        let slots: Vec<usize> = self.conns.indices().collect();
+        self.to_flush.extend(slots);
+        loop {
+            self.flush_pending();
+            let pending = self
+                .conns
+                .indices()
+                .any(|slot| self.conns.get(slot).is_some_and(|c| c.pending_output() > 0));
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !pending || left.is_zero() {
+                return;
+            }
+            if self
+                .session
+                .poller
+                .wait(Some(left.min(Duration::from_millis(50))), false)
+                .is_err()
+            {
+                return;
+            }
+            self.to_flush
+                .extend(self.conns.indices().collect::<Vec<_>>());
+        }
+    }
+}
