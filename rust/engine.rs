@@ -39,7 +39,10 @@ struct Session {
     /// The worker pool whose free capacity decides whether to accept (backpressure).
     pool: Option<Py<WorkerPool>>,
     backoff: AcceptBackoff,
+    /// The last wait reported the listener readable: its edge is consumed.
     needs_rearm: bool,
+    /// The last wait was not listening (back-off or a full pool).
+    was_paused: bool,
 }
 
 impl Engine {
@@ -85,6 +88,7 @@ impl Engine {
             pool,
             backoff: AcceptBackoff::default(),
             needs_rearm: false,
+            was_paused: false,
         })
     }
 
@@ -126,10 +130,6 @@ impl Session {
         py: Python<'_>,
         timeout: Option<Duration>,
     ) -> PyResult<(Wakeup, Option<io::Result<Raw>>)> {
-        if self.needs_rearm {
-            self.poller.rearm().map_err(|e| os_error(&e))?;
-            self.needs_rearm = false;
-        }
         // Accept only when the pool (if any) has a worker for the request: otherwise clients
         // wait in the kernel backlog and the first worker to free up wakes us.
         let listening = !self.backoff.is_paused()
@@ -137,6 +137,13 @@ impl Session {
                 .pool
                 .as_ref()
                 .is_none_or(|pool| pool.get().queue().admit());
+        // mio is edge-triggered: ask the kernel to report a still-readable listener again
+        // after we consumed its readiness, or when listening resumes after a pause (events
+        // during the pause were ignored). Not while paused: that would report it at once,
+        // again and again, and spin.
+        if listening && (self.needs_rearm || self.was_paused) {
+            self.poller.rearm().map_err(|e| os_error(&e))?;
+        }
         let timeout = match self.backoff.remaining() {
             Some(pause) => Some(timeout.map_or(pause, |t| t.min(pause))),
             None => timeout,
@@ -153,8 +160,8 @@ impl Session {
                 io::Result::Ok((wakeup, acquired))
             })
             .map_err(|e| os_error(&e))?;
-        // Edge-triggered readiness was consumed (or ignored while paused): ask again next time.
-        self.needs_rearm = wakeup.readable || !listening;
+        self.needs_rearm = wakeup.readable;
+        self.was_paused = !listening;
         py.check_signals()?;
         Ok((wakeup, acquired))
     }

@@ -32,7 +32,7 @@ impl WorkerPool {
     }
 
     /// Queue an item for a worker. Returns True when the caller must start one more worker
-    /// thread (then it is already counted; call `worker_not_started()` if starting fails).
+    /// thread (then it is already counted; call `worker_gone()` if starting it fails).
     fn submit(&self, item: Py<PyAny>) -> PyResult<bool> {
         match self.queue.submit(item) {
             Ok(submitted) => Ok(submitted == Submitted::StartWorker),
@@ -48,8 +48,10 @@ impl WorkerPool {
         py.detach(|| self.queue.take(idle_timeout))
     }
 
-    fn worker_not_started(&self) {
-        self.queue.worker_not_started();
+    /// A counted worker will take no more items (it failed to start, or an exception ended
+    /// it): stop counting it, so the pool can start another.
+    fn worker_gone(&self) {
+        self.queue.worker_gone();
     }
 
     /// Refuse new items; workers exit once the queued ones are done.

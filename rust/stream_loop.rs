@@ -65,7 +65,9 @@ pub struct StreamLoop<'r> {
     ended: Vec<usize>,
     commands: Vec<Command>,
     backoff: AcceptBackoff,
+    /// The listener's readiness was consumed (or room freed up): ask for it again.
     rearm_listener: bool,
+    was_paused: bool,
     next_idle_check: Option<Instant>,
 }
 
@@ -93,6 +95,7 @@ impl<'r> StreamLoop<'r> {
             commands: Vec::new(),
             backoff: AcceptBackoff::default(),
             rearm_listener: false,
+            was_paused: false,
             next_idle_check: None,
         };
         // Connections kept from an earlier call: the poller may be a new one (after fork).
@@ -155,13 +158,14 @@ impl<'r> StreamLoop<'r> {
     /// The GIL-free half of a turn.
     fn io_half(&mut self, timeout: Option<Duration>, listening: bool) -> std::io::Result<()> {
         self.flush_pending();
-        if self.rearm_listener {
+        // Re-arming while not listening would report a waiting client at once, every turn.
+        if listening && (self.rearm_listener || self.was_paused) {
             self.session.poller.rearm()?;
             self.rearm_listener = false;
         }
         let wakeup = self.session.poller.wait(timeout, listening)?;
-        // Readiness that arrives while not listening is consumed: ask again next time.
-        self.rearm_listener = wakeup.readable || !listening;
+        self.rearm_listener |= wakeup.readable;
+        self.was_paused = !listening;
         if wakeup.readable {
             self.accept_batch();
         }

@@ -82,10 +82,14 @@ impl<T> WorkQueue<T> {
         }
     }
 
-    /// A worker started by `StartWorker` could not start: forget it.
-    pub fn worker_not_started(&self) {
+    /// A counted worker will never call `take` again (it failed to start, or an exception
+    /// ended it): forget it, and wake a serving loop waiting for a free worker.
+    pub fn worker_gone(&self) {
         let mut state = self.lock();
         state.workers = state.workers.saturating_sub(1);
+        if std::mem::take(&mut state.admission_waiting) {
+            self.wake_admission();
+        }
     }
 
     /// Called by a worker that is ready for its next item (blocks; call without the GIL).
@@ -260,10 +264,10 @@ mod tests {
     }
 
     #[test]
-    fn a_worker_that_failed_to_start_is_not_counted() {
+    fn a_worker_that_is_gone_is_not_counted() {
         let queue = WorkQueue::new(1);
         assert_eq!(queue.submit(1), Ok(Submitted::StartWorker));
-        queue.worker_not_started();
+        queue.worker_gone();
         assert_eq!(queue.counts(), (0, 0, 1));
         assert_eq!(queue.submit(2), Ok(Submitted::StartWorker));
     }

@@ -72,7 +72,7 @@ class ThreadPoolMixIn:
             worker.start()
         except BaseException:
             workers.discard(worker)
-            pool.worker_not_started()
+            pool.worker_gone()
             raise
 
     def _rs_work(self, pool):
@@ -83,6 +83,11 @@ class ThreadPoolMixIn:
                 del item  # keep no reference to a finished request while idle
                 self.process_request_thread(request, client_address)
                 del request, client_address
+        except BaseException:
+            # KeyboardInterrupt, SystemExit …: the thread ends as a ThreadingMixIn thread
+            # would (threading.excepthook reports it), and the pool may start another.
+            pool.worker_gone()
+            raise
         finally:
             self._rs_pool_workers.discard(threading.current_thread())
 
