@@ -1,0 +1,273 @@
+"""socketserver_rs's deliberate differences from the stdlib (socketserver_rs only, except
+where the stdlib is the reference for the behaviour that an opt-out restores).
+
+1. ``TCPServer.tcp_nodelay = True``: accepted TCP connections get ``TCP_NODELAY``, on the
+   engine's fast path and on the Python ``get_request()`` path alike.
+2. ``TCPServer.request_queue_size = socket.SOMAXCONN`` (the stdlib's is 5).
+
+Each test's docstring names the difference it pins.
+"""
+
+import errno
+import os
+import selectors
+import socket
+import socketserver
+import time
+
+import pytest
+import socketserver_rs as rs
+from _behaviour_helpers import (
+    CLIENT_TIMEOUT,
+    HAS_IPV6,
+    HAS_UNIX,
+    LOOPBACK,
+    LOOPBACK6,
+    recv_until_eof,
+)
+from socketserver_rs._fastpath import serving_plan
+
+needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
+needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback here")
+
+
+def nodelay_handler(module):
+    """Records ``TCP_NODELAY`` of the connection (or the OSError reading it raised) on
+    ``server.nodelay`` and answers ``ok``."""
+
+    class Handler(module.BaseRequestHandler):
+        def handle(self):
+            try:
+                value = self.request.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            except OSError as error:
+                value = (type(error), error.errno)
+            self.server.nodelay.append(value)
+            self.request.recv(64)
+            self.request.sendall(b"ok")
+
+    return Handler
+
+
+def overriding_get_request(base):
+    """A subclass whose ``get_request`` is overridden (calling super()): no fast path."""
+
+    class Overriding(base):
+        def get_request(self):
+            self.overridden_calls += 1
+            return super().get_request()
+
+    Overriding.overridden_calls = 0
+    return Overriding
+
+
+def serve_one_and_read(server, harness):
+    """One client round trip, served by ``handle_request()``; returns the reply."""
+    client = harness.connect(server, b"hi")
+    client.shutdown(socket.SHUT_WR)
+    server.handle_request()
+    return recv_until_eof(client)
+
+
+PATHS = ["fast path", "get_request overridden"]
+SERVER_CLASSES = ["TCPServer", "ThreadingTCPServer", "ThreadPoolTCPServer"]
+
+
+def tcp_server(harness, class_name, path, family=socket.AF_INET, **attrs):
+    cls = getattr(rs, class_name)
+    if path == "get_request overridden":
+        cls = overriding_get_request(cls)
+    attrs["address_family"] = family
+    host = LOOPBACK6 if family == socket.AF_INET6 else LOOPBACK
+    server = harness.server(cls, (host, 0), nodelay_handler(rs), timeout=CLIENT_TIMEOUT, **attrs)
+    server.nodelay = []
+    # Make sure each parametrisation really exercises the path it names.
+    assert serving_plan(server)[0] is (path == "fast path")
+    return server
+
+
+# 1. TCP_NODELAY on accepted connections ----------------------------------------------------
+
+
+@pytest.mark.parametrize("class_name", SERVER_CLASSES)
+@pytest.mark.parametrize("path", PATHS)
+def test_accepted_tcp_connections_have_tcp_nodelay_set_by_default(harness, path, class_name):
+    """Difference: ``tcp_nodelay = True`` sets TCP_NODELAY on accepted TCP connections (the
+    stdlib leaves Nagle's algorithm on unless the handler sets
+    ``disable_nagle_algorithm``), whether the engine accepts or a ``get_request`` override
+    calls ``super()``."""
+    assert rs.TCPServer.tcp_nodelay is True
+    server = tcp_server(harness, class_name, path)
+    assert serve_one_and_read(server, harness) == b"ok"
+    assert len(server.nodelay) == 1 and server.nodelay[0] != 0
+    if path != "fast path":
+        assert server.overridden_calls == 1
+
+
+@needs_ipv6
+@pytest.mark.parametrize("path", PATHS)
+def test_accepted_tcp6_connections_have_tcp_nodelay_set_by_default(harness, path):
+    """Difference: ``tcp_nodelay = True`` applies to IPv6 TCP connections too."""
+    server = tcp_server(harness, "TCPServer", path, family=socket.AF_INET6)
+    assert serve_one_and_read(server, harness) == b"ok"
+    assert server.nodelay[0] != 0
+
+
+@pytest.mark.parametrize("class_name", SERVER_CLASSES)
+@pytest.mark.parametrize("path", PATHS)
+def test_tcp_nodelay_false_leaves_nagle_on_like_the_stdlib(harness, path, class_name):
+    """Difference (opt-out): ``tcp_nodelay = False`` leaves TCP_NODELAY off, as the stdlib
+    does."""
+    server = tcp_server(harness, class_name, path, tcp_nodelay=False)
+    assert serve_one_and_read(server, harness) == b"ok"
+    assert server.nodelay == [0]
+
+    reference = harness.server(
+        socketserver.TCPServer, (LOOPBACK, 0), nodelay_handler(socketserver), timeout=5.0
+    )
+    reference.nodelay = []
+    assert serve_one_and_read(reference, harness) == b"ok"
+    assert reference.nodelay == server.nodelay
+
+
+@needs_unix
+@pytest.mark.parametrize("path", PATHS)
+def test_unix_stream_connections_are_not_affected_by_tcp_nodelay(harness, unix_dir, path):
+    """Difference scope: ``tcp_nodelay`` only touches TCP connections; a Unix stream
+    connection is served and looks exactly as under the stdlib (TCP_NODELAY cannot even be
+    read on it)."""
+    observed = {}
+    for name, module in (("stdlib", socketserver), ("rs", rs)):
+        cls = module.UnixStreamServer
+        if path != "fast path" and module is rs:
+            cls = overriding_get_request(cls)
+        server = harness.server(
+            cls, os.path.join(str(unix_dir), f"{name}.sock"), nodelay_handler(module), timeout=5.0
+        )
+        server.nodelay = []
+        if module is rs:
+            assert serving_plan(server)[0] is (path == "fast path")
+        assert serve_one_and_read(server, harness) == b"ok"
+        observed[name] = server.nodelay
+    assert observed["rs"] == observed["stdlib"]
+    [(error_type, error_errno)] = observed["rs"]
+    assert issubclass(error_type, OSError)
+    assert error_errno in (errno.EOPNOTSUPP, errno.ENOPROTOOPT)
+
+
+# 2. request_queue_size = SOMAXCONN ---------------------------------------------------------
+
+
+def test_request_queue_size_defaults_to_somaxconn():
+    """Difference: the listen backlog is ``socket.SOMAXCONN``; the stdlib's is 5."""
+    assert socketserver.TCPServer.request_queue_size == 5
+    for cls in (rs.TCPServer, rs.ThreadingTCPServer, rs.ThreadPoolTCPServer):
+        assert cls.request_queue_size == socket.SOMAXCONN
+
+
+def test_server_activate_listens_with_request_queue_size(harness):
+    """Difference: ``server_activate()`` passes ``request_queue_size`` (SOMAXCONN by default,
+    or what a subclass sets) to ``listen()``."""
+    backlogs = []
+
+    class RecordingSocket(socket.socket):
+        def listen(self, *args):
+            backlogs.append(args)
+            return super().listen(*args)
+
+    for size in (None, 5):
+        attrs = {} if size is None else {"request_queue_size": size}
+        server = harness.server(
+            rs.TCPServer, (LOOPBACK, 0), nodelay_handler(rs), bind_and_activate=False, **attrs
+        )
+        plain = server.socket
+        server.socket = RecordingSocket(plain.family, plain.type)
+        plain.close()
+        server.server_bind()
+        server.server_activate()
+    assert backlogs == [(socket.SOMAXCONN,), (5,)]
+
+
+def connections_completed_without_accept(server, attempts=40, timeout=0.3):
+    """Connect sequentially to ``server`` (which never accepts) until a connect times out;
+    returns how many completed. With a full accept queue Linux drops the SYN, so the count
+    is ``backlog + 1`` (capped at ``attempts``)."""
+    clients = []
+    try:
+        for _ in range(attempts):
+            sock = socket.socket(server.address_family, socket.SOCK_STREAM)
+            clients.append(sock)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(server.server_address)
+            except TimeoutError:
+                return len(clients) - 1
+        return len(clients)
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def test_request_queue_size_5_restores_the_stdlib_backlog(harness):
+    """Difference (opt-out): with ``request_queue_size = 5`` the kernel queues as many
+    unaccepted connections as under the stdlib's TCPServer; with the default, far more."""
+    handler = nodelay_handler(rs)
+    stdlib_server = harness.server(socketserver.TCPServer, (LOOPBACK, 0), handler)
+    restored = harness.server(rs.TCPServer, (LOOPBACK, 0), handler, request_queue_size=5)
+    default = harness.server(rs.TCPServer, (LOOPBACK, 0), handler)
+    stdlib_count = connections_completed_without_accept(stdlib_server)
+    assert stdlib_count < 40, "the stdlib's backlog of 5 should fill up"
+    assert connections_completed_without_accept(restored) == stdlib_count
+    assert connections_completed_without_accept(default) == 40
+
+
+@pytest.mark.parametrize("class_name", ["ThreadingTCPServer", "ThreadPoolTCPServer"])
+def test_a_burst_of_256_simultaneous_clients_all_complete_a_round_trip(harness, class_name):
+    """Difference: with a SOMAXCONN backlog, 256 clients connecting at the same instant are
+    all queued by the kernel and served. (With the stdlib's backlog of 5 most of them would
+    have their SYNs dropped and sit in SYN retries for a second or more.)"""
+
+    class Echo(rs.StreamRequestHandler):
+        def handle(self):
+            self.wfile.write(b"echo:" + self.rfile.readline())
+
+    server = harness.server(getattr(rs, class_name), (LOOPBACK, 0), Echo)
+    harness.serve(server)
+    count = 256
+    selector = selectors.DefaultSelector()
+    harness.callback(selector.close)
+    replies = {}
+    # Every connect is started before any completes: one burst, from one thread.
+    for i in range(count):
+        sock = socket.socket()
+        harness.callback(sock.close)
+        sock.setblocking(False)
+        assert sock.connect_ex(server.server_address) in (0, errno.EINPROGRESS)
+        replies[sock] = b""
+        selector.register(sock, selectors.EVENT_WRITE, i)
+    pending = set(replies)
+    failures = []
+    # Generous bound: this is a correctness check, not a timing one.
+    deadline = time.monotonic() + 10.0
+    while pending and time.monotonic() < deadline:
+        for key, events in selector.select(timeout=0.2):
+            sock, i = key.fileobj, key.data
+            if events & selectors.EVENT_WRITE:
+                status = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if status:
+                    failures.append((i, errno.errorcode.get(status, status)))
+                    selector.unregister(sock)
+                    pending.discard(sock)
+                    continue
+                sock.sendall(b"%d\n" % i)
+                selector.modify(sock, selectors.EVENT_READ, i)
+            else:
+                chunk = sock.recv(64)
+                replies[sock] += chunk
+                if not chunk:
+                    selector.unregister(sock)
+                    pending.discard(sock)
+    assert failures == []
+    assert not pending, f"{len(pending)} of {count} clients did not finish within 10 s"
+    for reply in replies.values():
+        assert reply.startswith(b"echo:") and reply.endswith(b"\n"), reply
+    assert sorted(int(reply[5:]) for reply in replies.values()) == list(range(count))
