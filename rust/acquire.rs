@@ -94,6 +94,20 @@ impl FastPath {
         }))
     }
 
+    /// Resize the datagram buffer if the server's `max_packet_size` changed (stdlib's
+    /// `get_request()` reads it for every datagram).
+    pub fn follow_packet_size(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
+        if let Some(buffer) = &mut self.raw.datagram_buffer {
+            let size: usize = server
+                .getattr(pyo3::intern!(server.py(), "max_packet_size"))?
+                .extract()?;
+            if size != buffer.len() {
+                buffer.resize(size, 0);
+            }
+        }
+        Ok(())
+    }
+
     /// `(request, client_address)` as `get_request()` returns them.
     pub fn to_python<'py>(&self, py: Python<'py>, raw: Raw) -> PyResult<Bound<'py, PyTuple>> {
         match raw {

@@ -2,6 +2,8 @@
 //! of datagrams with one `recvmmsg` call without the GIL, then, with the GIL, runs one
 //! handler per datagram (`setup`/`finish` only when the class overrides them) and queues
 //! its reply to the sender; replies are sent without the GIL at the start of the next turn.
+//! With worker threads, each datagram's handler is made here and handed to `submit` with
+//! its message; the worker's replies come back through `send()`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -30,10 +32,16 @@ pub struct DatagramLoop<'r> {
     more: bool,
     outgoing: VecDeque<(RawAddr, Vec<u8>)>,
     commands: Vec<Command>,
+    submit: Option<Py<PyAny>>,
 }
 
 impl<'r> DatagramLoop<'r> {
-    pub fn new(reactor: &'r Reactor, session: Session, settings: Settings) -> Self {
+    pub fn new(
+        reactor: &'r Reactor,
+        session: Session,
+        settings: Settings,
+        submit: Option<Py<PyAny>>,
+    ) -> Self {
         DatagramLoop {
             reactor,
             session,
@@ -43,6 +51,7 @@ impl<'r> DatagramLoop<'r> {
             more: false,
             outgoing: VecDeque::new(),
             commands: Vec::new(),
+            submit,
         }
     }
 
@@ -138,6 +147,11 @@ impl<'r> DatagramLoop<'r> {
                     continue;
                 }
             };
+            if let Some(submit) = &self.submit {
+                let messages = pyo3::types::PyList::new(py, [message])?;
+                submit.call1(py, ((handler, messages, true),))?;
+                continue;
+            }
             // As in BaseRequestHandler: setup, then the message, then finish even on error.
             let handled = (|| {
                 if self.settings.calls_setup {

@@ -6,11 +6,13 @@
 //! by attribute lookup on the server, so overrides always win.
 
 use std::io;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 
 use crate::acquire::{FastPath, Raw};
 use crate::deadline::{AcceptBackoff, Deadline, duration_from_secs, effective_timeout};
@@ -24,18 +26,27 @@ use crate::signals::SignalWakeup;
 /// How often a `shutdown()` that is waiting for the loop looks for pending signals.
 const SHUTDOWN_SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
+/// `socketserver_rs._fastpath.serving_plan`: whether the engine may acquire requests itself.
+static SERVING_PLAN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
 #[pyclass(frozen, module = "socketserver_rs._core")]
 #[derive(Debug, Default)]
 pub struct Engine {
     latch: ShutdownLatch,
     poller: PollerSlot,
+    /// The errno of the last failed `get_request()` in `_handle_request_noblock` (0: none).
+    acquire_errno: AtomicI32,
 }
 
 /// Everything one serving call holds while it runs.
 struct Session {
     poller: Poller,
     signals: Option<SignalWakeup>,
+    /// Set when the fast path applies (see `refresh_plan`).
     fast: Option<FastPath>,
+    /// The size of the server's instance `__dict__` when the plan was made: a hook assigned
+    /// on the instance while serving changes it, and the plan is made again.
+    plan_key: Option<usize>,
     /// The worker pool whose free capacity decides whether to accept (backpressure).
     pool: Option<Py<WorkerPool>>,
     backoff: AcceptBackoff,
@@ -50,7 +61,6 @@ impl Engine {
     fn open_session(
         &self,
         server: &Bound<'_, PyAny>,
-        fast: bool,
         pool: Option<Py<WorkerPool>>,
     ) -> PyResult<Session> {
         let py = server.py();
@@ -60,11 +70,6 @@ impl Engine {
                 "Invalid file descriptor: {fd}"
             )));
         }
-        let fast = if fast {
-            FastPath::for_server(server)?
-        } else {
-            None
-        };
         let mut poller = self.poller.take().map_err(|e| os_error(&e))?;
         if let Err(err) = poller.watch(fd) {
             self.poller.put_back(poller);
@@ -84,7 +89,8 @@ impl Engine {
         Ok(Session {
             poller,
             signals: Some(signals),
-            fast,
+            fast: None,
+            plan_key: None,
             pool,
             backoff: AcceptBackoff::default(),
             needs_rearm: false,
@@ -97,10 +103,7 @@ impl Engine {
         if let Some(pool) = &session.pool {
             pool.get().queue().set_admission_waker(None);
         }
-        let restored = match session.signals.take() {
-            Some(signals) => signals.restore(py),
-            None => Ok(()),
-        };
+        let restored = session.signals.take().map_or(Ok(()), |s| s.restore(py));
         self.poller.put_back(session.poller);
         restored
     }
@@ -109,11 +112,10 @@ impl Engine {
     fn with_session<T>(
         &self,
         server: &Bound<'_, PyAny>,
-        fast: bool,
         pool: Option<Py<WorkerPool>>,
         body: impl FnOnce(&mut Session) -> PyResult<T>,
     ) -> PyResult<T> {
-        let mut session = self.open_session(server, fast, pool)?;
+        let mut session = self.open_session(server, pool)?;
         let result = body(&mut session);
         let closed = self.close_session(server.py(), session);
         let value = result?;
@@ -122,14 +124,48 @@ impl Engine {
     }
 }
 
+fn instance_dict_len(server: &Bound<'_, PyAny>) -> usize {
+    server
+        .getattr(intern!(server.py(), "__dict__"))
+        .and_then(|dict| dict.len())
+        .unwrap_or(0)
+}
+
 impl Session {
+    /// Decide (again, if the server's instance attributes changed) whether the fast path
+    /// applies. Costs one `len(server.__dict__)` per request when nothing changed.
+    fn refresh_plan(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = server.py();
+        let key = instance_dict_len(server);
+        if self.plan_key == Some(key) {
+            return Ok(());
+        }
+        let plan = SERVING_PLAN.get_or_try_init(py, || {
+            PyResult::Ok(
+                py.import("socketserver_rs._fastpath")?
+                    .getattr("serving_plan")?
+                    .unbind(),
+            )
+        })?;
+        let fast: bool = plan.call1(py, (server,))?.extract(py)?;
+        self.fast = if fast {
+            FastPath::for_server(server)?
+        } else {
+            None
+        };
+        self.plan_key = Some(key);
+        Ok(())
+    }
+
     /// Wait with the GIL released; on the fast path also take the request in the same
     /// GIL-free stretch. Pending signals are checked (and their handlers run) afterwards.
     fn wait(
         &mut self,
-        py: Python<'_>,
+        server: &Bound<'_, PyAny>,
         timeout: Option<Duration>,
     ) -> PyResult<(Wakeup, Option<io::Result<Raw>>)> {
+        let py = server.py();
+        self.refresh_plan(server)?;
         // Accept only when the pool (if any) has a worker for the request: otherwise clients
         // wait in the kernel backlog and the first worker to free up wakes us.
         let listening = !self.backoff.is_paused()
@@ -140,9 +176,11 @@ impl Session {
         // mio is edge-triggered: ask the kernel to report a still-readable listener again
         // after we consumed its readiness, or when listening resumes after a pause (events
         // during the pause were ignored). Not while paused: that would report it at once,
-        // again and again, and spin.
+        // again and again, and spin. A failure means the socket was closed under us (a
+        // handler called server_close()): it has left the epoll set, and the loop goes on
+        // waiting for shutdown() like the stdlib's.
         if listening && (self.needs_rearm || self.was_paused) {
-            self.poller.rearm().map_err(|e| os_error(&e))?;
+            let _ = self.poller.rearm();
         }
         let timeout = match self.backoff.remaining() {
             Some(pause) => Some(timeout.map_or(pause, |t| t.min(pause))),
@@ -170,32 +208,35 @@ impl Session {
     /// does; returns what the Python side returned.
     fn serve_one<'py>(
         &mut self,
+        engine: &Engine,
         server: &Bound<'py, PyAny>,
         acquired: Option<io::Result<Raw>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = server.py();
-        let failure = match (&self.fast, acquired) {
+        let (outcome, failure) = match (&mut self.fast, acquired) {
             (Some(fast), Some(Ok(raw))) => {
                 self.backoff.succeeded();
                 let args = fast.to_python(py, raw)?;
-                return server.call_method1(intern!(py, "_rs_serve_acquired"), args);
+                let served = server.call_method1(intern!(py, "_rs_serve_acquired"), args);
+                // As get_request() would, the next datagram uses the current max_packet_size.
+                fast.follow_packet_size(server)?;
+                return served;
             }
             // get_request() swallows an OSError from accept/recvfrom and serves nothing.
-            (Some(_), Some(Err(err))) => err.raw_os_error(),
+            (Some(_), Some(Err(err))) => (py.None().into_bound(py), err.raw_os_error()),
             _ => {
+                engine.acquire_errno.store(0, Ordering::Relaxed);
                 let outcome = server.call_method0(intern!(py, "_handle_request_noblock"))?;
-                // Our `_handle_request_noblock` returns the OSError it swallowed, if any.
-                outcome
-                    .getattr(intern!(py, "errno"))
-                    .ok()
-                    .and_then(|errno| errno.extract::<i32>().ok())
+                // Our `_handle_request_noblock` reports the errno of an OSError it swallowed.
+                let errno = engine.acquire_errno.swap(0, Ordering::Relaxed);
+                (outcome, (errno != 0).then_some(errno))
             }
         };
         match failure.map(io::Error::from_raw_os_error) {
             Some(err) if is_descriptor_exhaustion(&err) => self.backoff.failed(),
             _ => self.backoff.succeeded(),
         }
-        Ok(py.None().into_bound(py))
+        Ok(outcome)
     }
 }
 
@@ -206,36 +247,29 @@ impl Engine {
         Self::default()
     }
 
-    /// Serve requests until `shutdown()`. `service_actions` false means the server's
-    /// `service_actions()` is the no-op default: then an idle loop never wakes up.
-    #[pyo3(signature = (server, poll_interval, fast, service_actions, pool=None))]
+    /// Serve requests until `shutdown()`, calling `service_actions()` after every request
+    /// and at least every `poll_interval` seconds (`None`: only after requests, so an idle
+    /// server never wakes up). `pool`: the worker pool that gates accepting.
+    #[pyo3(signature = (server, poll_interval, pool=None))]
     fn serve_forever(
         &self,
         server: &Bound<'_, PyAny>,
         poll_interval: Option<f64>,
-        fast: bool,
-        service_actions: bool,
         pool: Option<Py<WorkerPool>>,
     ) -> PyResult<()> {
         let py = server.py();
-        let interval = if service_actions {
-            duration_from_secs(poll_interval)
-        } else {
-            None
-        };
+        let interval = duration_from_secs(poll_interval);
         self.latch.begin_serving();
-        let result = self.with_session(server, fast, pool, |session| {
+        let result = self.with_session(server, pool, |session| {
             while !self.latch.is_requested() {
-                let (wakeup, acquired) = session.wait(py, interval)?;
+                let (wakeup, acquired) = session.wait(server, interval)?;
                 if self.latch.is_requested() {
                     break;
                 }
                 if wakeup.readable {
-                    session.serve_one(server, acquired)?;
+                    session.serve_one(self, server, acquired)?;
                 }
-                if service_actions {
-                    server.call_method0(intern!(py, "service_actions"))?;
-                }
+                server.call_method0(intern!(py, "service_actions"))?;
             }
             Ok(())
         });
@@ -244,12 +278,8 @@ impl Engine {
     }
 
     /// Wait for and serve one request, or call `handle_timeout()` once the timeout passes.
-    #[pyo3(signature = (server, fast))]
-    fn handle_request<'py>(
-        &self,
-        server: &Bound<'py, PyAny>,
-        fast: bool,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    /// Returns what `_handle_request_noblock()` or `handle_timeout()` returned.
+    fn handle_request<'py>(&self, server: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let py = server.py();
         let socket_timeout = server
             .getattr(intern!(py, "socket"))?
@@ -258,11 +288,11 @@ impl Engine {
         let server_timeout = server.getattr(intern!(py, "timeout"))?.extract()?;
         let timeout = effective_timeout(socket_timeout, server_timeout);
         let deadline = Deadline::after(duration_from_secs(timeout));
-        self.with_session(server, fast, None, |session| {
+        self.with_session(server, None, |session| {
             loop {
-                let (wakeup, acquired) = session.wait(py, deadline.remaining())?;
+                let (wakeup, acquired) = session.wait(server, deadline.remaining())?;
                 if wakeup.readable {
-                    return session.serve_one(server, acquired);
+                    return session.serve_one(self, server, acquired);
                 }
                 if deadline.has_passed() {
                     return server.call_method0(intern!(py, "handle_timeout"));
@@ -283,6 +313,13 @@ impl Engine {
             py.check_signals()?;
         }
         Ok(())
+    }
+
+    /// Called by `_handle_request_noblock` with the errno of the OSError `get_request()`
+    /// raised, so the loop can back off when descriptors run out.
+    fn note_acquire_error(&self, errno: Option<i32>) {
+        self.acquire_errno
+            .store(errno.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// The sticky shutdown request (the stdlib's `_BaseServer__shutdown_request`).

@@ -193,19 +193,26 @@ impl Drop for Poller {
     }
 }
 
-/// The idle poller of a server object, kept between serving calls, and its waker.
+/// The pollers of one server object: the idle one, kept between serving calls, and the
+/// wakers of all it handed out.
 ///
-/// A call takes the poller out for its duration, so no lock is held across a wait (and a
-/// fork during a wait cannot leave one locked). A poller inherited through `fork()` shares
-/// its epoll set with the parent, so the child builds a new one.
+/// A call takes a poller out for its duration, so no lock is held across a wait (and a fork
+/// during a wait cannot leave one locked). Two calls at once (`handle_request()` on one
+/// thread while `serve_forever()` runs on another) each get their own, and `wake()` reaches
+/// both. A poller inherited through `fork()` shares its epoll set with the parent, so the
+/// child builds a new one.
 #[derive(Debug, Default)]
 pub struct PollerSlot {
     idle: Mutex<Option<Poller>>,
-    /// The waker of the poller most recently handed out, with the pid it belongs to.
-    waker: Mutex<Option<(u32, Arc<Waker>)>>,
+    /// Wakers of the live pollers this slot made, with the pid each belongs to.
+    wakers: Mutex<Vec<(u32, Arc<Waker>)>>,
 }
 
 impl PollerSlot {
+    fn wakers(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Arc<Waker>)>> {
+        self.wakers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn take(&self) -> io::Result<Poller> {
         let idle = self
             .idle
@@ -216,27 +223,36 @@ impl PollerSlot {
             return Ok(poller);
         }
         let poller = Poller::new()?;
-        *self.waker.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((std::process::id(), poller.waker()));
+        let pid = std::process::id();
+        let mut wakers = self.wakers();
+        wakers.retain(|(owner, _)| *owner == pid); // those of the parent are not ours
+        wakers.push((pid, poller.waker()));
         Ok(poller)
     }
 
+    /// Keep `poller` for the next call, or drop it if another is kept already.
     pub fn put_back(&self, poller: Poller) {
-        *self.idle.lock().unwrap_or_else(PoisonError::into_inner) = Some(poller);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.is_none() {
+            *idle = Some(poller);
+            return;
+        }
+        drop(idle);
+        let waker = poller.waker();
+        self.wakers().retain(|(_, w)| !Arc::ptr_eq(w, &waker));
     }
 
-    /// Wake the poller handed out last, if it belongs to this process (waking an inherited
-    /// one would wake the parent's loop instead).
+    /// Wake every poller handed out in this process (waking an inherited one would wake the
+    /// parent's loop instead).
     pub fn wake(&self) -> io::Result<()> {
-        let waker = self
-            .waker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        match waker {
-            Some((pid, waker)) if pid == std::process::id() => waker.wake(),
-            _ => Ok(()),
-        }
+        let pid = std::process::id();
+        let wakers: Vec<Arc<Waker>> = self
+            .wakers()
+            .iter()
+            .filter(|(owner, _)| *owner == pid)
+            .map(|(_, waker)| Arc::clone(waker))
+            .collect();
+        wakers.iter().try_for_each(|waker| waker.wake())
     }
 }
 
@@ -346,6 +362,19 @@ mod tests {
         let fd = poller.signal_write_fd();
         slot.put_back(poller);
         assert_eq!(slot.take().unwrap().signal_write_fd(), fd);
+    }
+
+    #[test]
+    fn slot_wakes_every_poller_it_handed_out() {
+        let slot = PollerSlot::default();
+        let mut first = slot.take().unwrap();
+        let mut second = slot.take().unwrap();
+        slot.wake().unwrap();
+        assert!(first.wait(SHORT, true).unwrap().woken);
+        assert!(second.wait(SHORT, true).unwrap().woken);
+        slot.put_back(first);
+        slot.put_back(second); // one is kept, the other dropped with its waker
+        assert_eq!(slot.wakers().len(), 1);
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub enum Command {
         to: RawAddr,
         data: Vec<u8>,
     },
+    /// A worker thread finished the batch of messages it was given for a connection.
+    BatchDone {
+        slot: usize,
+        generation: u64,
+    },
 }
 
 /// What the loop and every `Connection` handle share.
@@ -146,6 +151,16 @@ impl Connection {
             Target::Datagram(_) => Ok(()),
         }
     }
+
+    /// Internal: a worker thread is done with this connection's batch of messages.
+    fn batch_done(&self) -> PyResult<()> {
+        match self.target {
+            Target::Stream { slot, generation } => {
+                self.shared.push(Command::BatchDone { slot, generation })
+            }
+            Target::Datagram(_) => Ok(()),
+        }
+    }
 }
 
 /// A Python handler object and what the loop needs of it, looked up once.
@@ -154,6 +169,24 @@ pub struct Handler {
     pub object: Py<PyAny>,
     pub handle_message: Py<PyAny>,
     pub address: Py<PyAny>,
+    /// With worker threads: messages waiting for the connection's batch in flight to end.
+    pub backlog: Vec<Py<PyAny>>,
+    pub backlog_bytes: usize,
+    /// With worker threads: a batch of this connection's messages is being handled.
+    pub in_flight: bool,
+}
+
+impl Handler {
+    pub fn new(object: Py<PyAny>, handle_message: Py<PyAny>, address: Py<PyAny>) -> Handler {
+        Handler {
+            object,
+            handle_message,
+            address,
+            backlog: Vec::new(),
+            backlog_bytes: 0,
+            in_flight: false,
+        }
+    }
 }
 
 /// The reactor's settings, read from the server and handler class once per serving call.
@@ -272,9 +305,14 @@ impl Reactor {
 
     /// Serve until `shutdown()`: `datagram` selects the datagram loop. The handler class's
     /// `framing` and `max_message_size` and the server's limits come in as arguments.
+    ///
+    /// `submit`, when given, runs handlers on worker threads: the loop calls
+    /// `submit((handler, messages, one_shot))` instead of `handle_message`, at most one batch
+    /// per connection at a time (so its messages stay in order), and the worker reports back
+    /// with `connection.batch_done()`.
     #[pyo3(signature = (
         server, handler_class, *, datagram, framing, max_message_size, idle_timeout,
-        max_connections, write_buffer_limit, calls_setup, calls_finish
+        max_connections, write_buffer_limit, calls_setup, calls_finish, submit=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn serve_forever(
@@ -289,6 +327,7 @@ impl Reactor {
         write_buffer_limit: usize,
         calls_setup: bool,
         calls_finish: bool,
+        submit: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         let py = server.py();
         let framing = Framing::from_name(framing).ok_or_else(|| {
@@ -315,7 +354,7 @@ impl Reactor {
         let result = (|| {
             let session = self.open_session(server)?;
             let (session, served) = if datagram {
-                let mut lp = DatagramLoop::new(self, session, settings);
+                let mut lp = DatagramLoop::new(self, session, settings, submit);
                 let served = lp.run(server, handler_class);
                 (lp.into_session(), served)
             } else {
@@ -324,7 +363,8 @@ impl Reactor {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .take();
-                let mut lp = StreamLoop::new(self, session, settings, conns.unwrap_or_default());
+                let conns = conns.unwrap_or_default();
+                let mut lp = StreamLoop::new(self, session, settings, conns, submit);
                 let served = lp.run(server, handler_class);
                 let (session, conns) = lp.into_parts(py);
                 *self.conns.lock().unwrap_or_else(PoisonError::into_inner) = Some(conns);

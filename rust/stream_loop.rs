@@ -6,9 +6,12 @@
 //!    message in order, queue the replies, apply handlers' `send`/`close` commands, close
 //!    finished connections (calling `finish()`), and enforce the idle timeout.
 //!
-//! Backpressure: a connection whose unsent output passes `write_buffer_limit` is not read
-//! until the output drains below half of it, so a client that never reads cannot make the
-//! server buffer without bound.
+//! Backpressure: a connection whose unsent output (or, with worker threads, whose backlog of
+//! unhandled messages) passes `write_buffer_limit` is not read until it drains below half of
+//! it, so a client that never reads cannot make the server buffer without bound.
+//!
+//! With worker threads, messages are handed to `submit` in batches, one batch in flight per
+//! connection so its messages are handled in order; replies come back through `send()`.
 
 use std::ops::Range;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -64,6 +67,10 @@ pub struct StreamLoop<'r> {
     /// Connections whose peer ended its side this turn (closed once their messages are done).
     ended: Vec<usize>,
     commands: Vec<Command>,
+    /// Hands batches to worker threads (None: handlers run on this thread).
+    submit: Option<Py<PyAny>>,
+    /// Connections with messages waiting to be submitted.
+    to_submit: Vec<usize>,
     backoff: AcceptBackoff,
     /// The listener's readiness was consumed (or room freed up): ask for it again.
     rearm_listener: bool,
@@ -77,6 +84,7 @@ impl<'r> StreamLoop<'r> {
         session: Session,
         settings: Settings,
         conns: Slab<Conn<Handler>>,
+        submit: Option<Py<PyAny>>,
     ) -> Self {
         let mut lp = StreamLoop {
             reactor,
@@ -93,6 +101,8 @@ impl<'r> StreamLoop<'r> {
             to_close: Vec::new(),
             ended: Vec::new(),
             commands: Vec::new(),
+            submit,
+            to_submit: Vec::new(),
             backoff: AcceptBackoff::default(),
             rearm_listener: false,
             was_paused: false,
@@ -277,7 +287,10 @@ impl<'r> StreamLoop<'r> {
                     self.troubles.push((slot, Trouble::Failed));
                 }
             }
-            if conn.paused && conn.pending_output() <= limit / 2 {
+            if conn.paused
+                && conn.pending_output() <= limit / 2
+                && conn.handler.backlog_bytes <= limit / 2
+            {
                 conn.paused = false;
                 if conn.readable {
                     self.to_read.push(slot);
@@ -298,6 +311,7 @@ impl<'r> StreamLoop<'r> {
         self.open_accepted(server, handler_class)?;
         self.dispatch_messages(server)?;
         self.apply_commands();
+        self.submit_ready(server.py())?;
         for slot in std::mem::take(&mut self.ended) {
             self.close_when_flushed(slot);
         }
@@ -323,11 +337,11 @@ impl<'r> StreamLoop<'r> {
                 .and_then(|object| {
                     let handle_message = object.getattr(intern!(py, "handle_message"))?;
                     object.call_method0(intern!(py, "setup"))?;
-                    Ok(Handler {
-                        object: object.unbind(),
-                        handle_message: handle_message.unbind(),
-                        address: address.clone_ref(py),
-                    })
+                    Ok(Handler::new(
+                        object.unbind(),
+                        handle_message.unbind(),
+                        address.clone_ref(py),
+                    ))
                 });
             let handler = match made {
                 Ok(handler) => handler,
@@ -366,6 +380,9 @@ impl<'r> StreamLoop<'r> {
     }
 
     fn dispatch_messages(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.submit.is_some() {
+            return self.submit_messages(server.py());
+        }
         let py = server.py();
         let messages = std::mem::take(&mut self.messages);
         let mut result = Ok(());
@@ -410,6 +427,57 @@ impl<'r> StreamLoop<'r> {
         }
         self.arena.clear();
         result
+    }
+
+    /// Worker-thread mode: add the turn's messages to their connections' backlogs and hand
+    /// each connection with no batch in flight its backlog as the next batch.
+    fn submit_messages(&mut self, py: Python<'_>) -> PyResult<()> {
+        let limit = self.settings.write_buffer_limit;
+        for (slot, range) in std::mem::take(&mut self.messages) {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            if conn.closing {
+                continue;
+            }
+            let message = PyBytes::new(py, &self.arena[range.clone()]);
+            conn.handler.backlog.push(message.into_any().unbind());
+            conn.handler.backlog_bytes += range.len();
+            if conn.handler.backlog_bytes > limit {
+                conn.paused = true;
+            }
+            if !conn.handler.in_flight {
+                self.to_submit.push(slot);
+            }
+        }
+        self.arena.clear();
+        self.submit_ready(py)
+    }
+
+    fn submit_ready(&mut self, py: Python<'_>) -> PyResult<()> {
+        let Some(submit) = &self.submit else {
+            return Ok(());
+        };
+        for slot in std::mem::take(&mut self.to_submit) {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            let handler = &mut conn.handler;
+            if handler.in_flight || handler.backlog.is_empty() {
+                continue;
+            }
+            let messages = pyo3::types::PyList::new(py, std::mem::take(&mut handler.backlog))?;
+            handler.backlog_bytes = 0;
+            handler.in_flight = true;
+            submit.call1(py, ((handler.object.clone_ref(py), messages, false),))?;
+            if conn.paused && conn.pending_output() <= self.settings.write_buffer_limit / 2 {
+                conn.paused = false;
+                if conn.readable {
+                    self.to_read.push(slot);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Output was queued on `slot`: schedule the write, and pause reading past the limit.
@@ -457,6 +525,16 @@ impl<'r> StreamLoop<'r> {
                             .is_some_and(|c| c.generation == generation)
                         {
                             self.close_when_flushed(slot);
+                        }
+                    }
+                    Command::BatchDone { slot, generation } => {
+                        let Some(conn) = self.conns.get_mut(slot) else {
+                            continue;
+                        };
+                        if conn.generation == generation {
+                            conn.handler.in_flight = false;
+                            self.to_submit.push(slot);
+                            self.to_close.push(slot);
                         }
                     }
                     Command::SendTo { .. } => {}

@@ -353,7 +353,7 @@ def test_idle_workers_retire_after_worker_idle_timeout(kind, harness, unix_dir, 
     for thread in threads:
         thread.join(STOP_TIMEOUT)
         assert not thread.is_alive()
-    assert not server._rs_pool_workers
+    assert not server._rs_workers.threads
     # The pool starts a new worker for the next request.
     client = Client(harness, server, kind, unix_dir)
     assert client.ask(b"later") == b"ok"
@@ -487,7 +487,7 @@ def test_worker_ended_by_keyboard_interrupt_or_system_exit_leaves_the_pool_count
     assert wait_for(lambda: len(hooked) == 2)
     for thread in hooked:
         thread.join(STOP_TIMEOUT)
-    assert not server._rs_pool_workers
+    assert not server._rs_workers.threads
     assert wait_for(lambda: pool_of(server).workers == 0, 2.0), pool_of(server).workers
 
 
@@ -545,7 +545,7 @@ def test_server_close_with_block_on_close_waits_for_running_and_queued_requests(
     assert sorted(finished) == sorted(names)
     for thread in threads:
         assert not thread.is_alive()
-    assert not server._rs_pool_workers
+    assert not server._rs_workers.threads
     assert pool_of(server).workers == 0
     for client, name in zip(clients, names, strict=True):
         assert recv_until_eof(client) == b"done:" + name

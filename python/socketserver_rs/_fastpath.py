@@ -11,7 +11,6 @@ import socket
 
 # The hooks on the path from "socket readable" to "request in hand".
 _ACQUIRING_HOOKS = ("fileno", "get_request", "_handle_request_noblock")
-_SERVICE_HOOK = "service_actions"
 _MARK = "_socketserver_rs_default"
 
 
@@ -34,12 +33,11 @@ def _stock(server, name):
 
 
 def serving_plan(server):
-    """``(fast, service_actions, pool)`` for one serving call: whether the engine may acquire
-    requests itself, whether ``service_actions()`` does anything worth a call, and the worker
-    pool whose free capacity gates accepting (None without one)."""
+    """Whether the engine may acquire ``server``'s requests itself. The engine asks at the
+    start of a serving call and again whenever the server's instance attributes change (a
+    hook assigned on the instance while serving)."""
     kinds = [_stock(server, name) for name in _ACQUIRING_HOOKS]
-    fast = None not in kinds
-    if fast:
-        sock = getattr(server, "socket", None)
-        fast = type(sock) is socket.socket and sock.type == kinds[1]
-    return fast, _stock(server, _SERVICE_HOOK) is None, getattr(server, "_rs_worker_pool", None)
+    if None in kinds:
+        return False
+    sock = getattr(server, "socket", None)
+    return type(sock) is socket.socket and sock.type == kinds[1]

@@ -19,7 +19,7 @@ from ._servers import TCPServer, UDPServer
 __all__ = ["ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer"]
 
 # Idle non-daemon workers would hold up interpreter exit until they retire, so every pool
-# still open is closed when the interpreter starts shutting down; running requests finish.
+# still open is closed when the interpreter starts shutting down; running work finishes.
 _open_pools = weakref.WeakSet()
 
 
@@ -30,6 +30,53 @@ def _close_open_pools():
 
 # The hook that runs before non-daemon threads are joined (concurrent.futures uses it too).
 threading._register_atexit(_close_open_pools)
+
+
+class Workers:
+    """A ``WorkerPool`` queue and the threads serving it: each queued item is a tuple of
+    arguments for ``serve``, called on a worker thread."""
+
+    def __init__(self, serve, max_workers, idle_timeout, daemon):
+        self.pool = _core.WorkerPool(max_workers)
+        self.threads = set()
+        self._serve = serve
+        self._idle_timeout = idle_timeout
+        self._daemon = daemon
+        _open_pools.add(self.pool)
+
+    def submit(self, item):
+        """Queue ``item``, starting a worker if the pool may and needs to grow."""
+        if self.pool.submit(item):
+            thread = threading.Thread(target=self._work, daemon=self._daemon)
+            self.threads.add(thread)
+            try:
+                thread.start()
+            except BaseException:
+                self.threads.discard(thread)
+                self.pool.worker_gone()
+                raise
+
+    def _work(self):
+        """A worker's life: serve queued items until idle too long or the pool closes."""
+        pool = self.pool
+        try:
+            while (item := pool.take(self._idle_timeout)) is not None:
+                self._serve(*item)
+                del item  # hold no reference to finished work while idle
+        except BaseException:
+            # KeyboardInterrupt, SystemExit …: the thread ends as a ThreadingMixIn thread
+            # would (threading.excepthook reports it), and the pool may start another.
+            pool.worker_gone()
+            raise
+        finally:
+            self.threads.discard(threading.current_thread())
+
+    def close(self, wait):
+        """Take no more work; with ``wait``, join the workers once the queue is done."""
+        self.pool.close()
+        if wait:
+            for thread in list(self.threads):
+                thread.join()
 
 
 class ThreadPoolMixIn:
@@ -48,48 +95,26 @@ class ThreadPoolMixIn:
     block_on_close = True
 
     @property
-    def _rs_worker_pool(self):
+    def _rs_workers(self):
         # Made on first use: mixins get no say in the server's __init__ arguments.
-        state = vars(self)
-        pool = state.get("_rs_pool")
-        if pool is None:
-            pool = state["_rs_pool"] = _core.WorkerPool(self.max_workers)
-            state["_rs_pool_workers"] = set()
-            _open_pools.add(pool)
-        return pool
+        workers = vars(self).get("_rs_workers")
+        if workers is None:
+            workers = vars(self)["_rs_workers"] = Workers(
+                self.process_request_thread,
+                self.max_workers,
+                self.worker_idle_timeout,
+                self.daemon_threads,
+            )
+        return workers
+
+    @property
+    def _rs_worker_pool(self):
+        """The queue the engine consults before accepting (backpressure)."""
+        return self._rs_workers.pool
 
     def process_request(self, request, client_address):
         """Hand the request to a worker, starting one if the pool may grow."""
-        pool = self._rs_worker_pool
-        if pool.submit((request, client_address)):
-            self._rs_start_worker(pool)
-
-    def _rs_start_worker(self, pool):
-        worker = threading.Thread(target=self._rs_work, args=(pool,), daemon=self.daemon_threads)
-        workers = self._rs_pool_workers
-        workers.add(worker)
-        try:
-            worker.start()
-        except BaseException:
-            workers.discard(worker)
-            pool.worker_gone()
-            raise
-
-    def _rs_work(self, pool):
-        """A worker's life: serve queued requests until idle too long or the pool closes."""
-        try:
-            while (item := pool.take(self.worker_idle_timeout)) is not None:
-                request, client_address = item
-                del item  # keep no reference to a finished request while idle
-                self.process_request_thread(request, client_address)
-                del request, client_address
-        except BaseException:
-            # KeyboardInterrupt, SystemExit …: the thread ends as a ThreadingMixIn thread
-            # would (threading.excepthook reports it), and the pool may start another.
-            pool.worker_gone()
-            raise
-        finally:
-            self._rs_pool_workers.discard(threading.current_thread())
+        self._rs_workers.submit((request, client_address))
 
     def process_request_thread(self, request, client_address):
         """Serve one request on a worker: ``finish_request()`` with error handling."""
@@ -104,13 +129,9 @@ class ThreadPoolMixIn:
         """Close the server and the pool; with ``block_on_close``, wait for the workers to
         finish the queued and running requests."""
         super().server_close()
-        pool = vars(self).get("_rs_pool")
-        if pool is None:
-            return
-        pool.close()
-        if self.block_on_close:
-            for worker in list(self._rs_pool_workers):
-                worker.join()
+        workers = vars(self).get("_rs_workers")
+        if workers is not None:
+            workers.close(wait=self.block_on_close)
 
 
 class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer):

@@ -6,9 +6,10 @@ connection non-blocking in one loop, reads and frames the input, calls the handl
 messages) and writes the returned reply itself. Idle connections cost a descriptor and a few
 small buffers.
 
-Handlers run on the serving thread, one message at a time, so ``handle_message()`` must not
-block; hand slow work to a thread of your own and answer later with ``self.send()``, which
-works from any thread.
+By default handlers run on the serving thread, one message at a time, so
+``handle_message()`` must not block. For handlers that do block, set ``handler_threads``:
+messages then go to a bounded pool of worker threads, still in order for each connection,
+and replies are sent through ``send()``, which works from any thread.
 """
 
 import socket
@@ -17,6 +18,7 @@ import traceback
 
 from . import _core
 from ._fastpath import default_hook
+from ._pool import Workers
 from ._servers import TCPServer
 
 __all__ = ["MessageHandler", "ReactorTCPServer", "ReactorUDPServer"]
@@ -81,6 +83,10 @@ class _ReactorServer:
     max_connections = None
     #: Unsent output (bytes) past which a connection is not read until it drains.
     write_buffer_limit = 1 << 20
+    #: Worker threads for handlers that block (0: handlers run on the serving thread).
+    handler_threads = 0
+    #: Seconds an idle handler thread waits for work before it exits.
+    worker_idle_timeout = 10.0
 
     def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True):
         self.server_address = server_address
@@ -122,7 +128,39 @@ class _ReactorServer:
             write_buffer_limit=self.write_buffer_limit,
             calls_setup=getattr(handler.setup, "_socketserver_rs_default", None) is None,
             calls_finish=getattr(handler.finish, "_socketserver_rs_default", None) is None,
+            submit=self._rs_handler_workers.submit if self.handler_threads else None,
         )
+
+    @property
+    def _rs_handler_workers(self):
+        workers = vars(self).get("_rs_workers")
+        if workers is None:
+            workers = vars(self)["_rs_workers"] = Workers(
+                self._rs_handle_batch, self.handler_threads, self.worker_idle_timeout, False
+            )
+        return workers
+
+    def _rs_handle_batch(self, handler, messages, one_shot):
+        """On a handler thread: handle a connection's batch of messages in order (or, for a
+        datagram, its one message between ``setup()`` and ``finish()``)."""
+        connection = handler.connection
+        try:
+            if one_shot:
+                handler.setup()
+            try:
+                for message in messages:
+                    reply = handler.handle_message(message)
+                    if reply is not None:
+                        connection.send(reply)
+            finally:
+                if one_shot:
+                    handler.finish()
+        except Exception:
+            self.handle_error(handler, handler.client_address)
+            connection.close()
+        finally:
+            if not one_shot:
+                connection.batch_done()
 
     def shutdown(self):
         """Stop ``serve_forever()``: no more accepting, queued replies are written (for up to
@@ -130,8 +168,12 @@ class _ReactorServer:
         self._rs_reactor.shutdown()
 
     def server_close(self):
-        """Close every connection (each handler's ``finish()`` runs) and the socket."""
+        """Close every connection (each handler's ``finish()`` runs), the socket, and the
+        handler threads (after the work they were given)."""
         try:
+            workers = vars(self).get("_rs_workers")
+            if workers is not None:
+                workers.close(wait=True)
             self._rs_reactor.close_all(self)
         finally:
             self.socket.close()

@@ -10,7 +10,7 @@ import sys
 import traceback
 
 from . import _core
-from ._fastpath import default_hook, serving_plan
+from ._fastpath import default_hook
 
 __all__ = ["BaseServer", "TCPServer", "UDPServer", "UnixDatagramServer", "UnixStreamServer"]
 
@@ -75,10 +75,10 @@ class BaseServer:
 
         The wait happens in Rust with the GIL released and ends as soon as ``shutdown()`` is
         called. ``service_actions()`` runs after every request and at least every
-        ``poll_interval`` seconds; when it is not overridden, an idle server does not wake up.
+        ``poll_interval`` seconds; with ``poll_interval=None`` it runs only after requests and
+        an idle server never wakes up.
         """
-        fast, service_actions, pool = serving_plan(self)
-        self._rs_engine.serve_forever(self, poll_interval, fast, service_actions, pool)
+        self._rs_engine.serve_forever(self, poll_interval, getattr(self, "_rs_worker_pool", None))
 
     def shutdown(self):
         """Stop ``serve_forever()`` and wait until it has stopped.
@@ -89,7 +89,6 @@ class BaseServer:
         """
         self._rs_engine.shutdown()
 
-    @default_hook()
     def service_actions(self):
         """Called by ``serve_forever()`` after each request and on idle wakeups.
 
@@ -102,22 +101,22 @@ class BaseServer:
         Waits at most ``min(self.socket.gettimeout(), self.timeout)`` (either may be None) and
         calls ``handle_timeout()`` if nothing came in that time.
         """
-        fast, _, _ = serving_plan(self)
-        return self._rs_engine.handle_request(self, fast)
+        return self._rs_engine.handle_request(self)
 
     @default_hook()
     def _handle_request_noblock(self):
         """Serve the request the socket has ready; the engine calls this when it is readable.
 
-        Returns the ``OSError`` that ``get_request()`` raised, if any (the stdlib returns
-        None): the engine backs off from a listener that fails for lack of descriptors.
+        An ``OSError`` from ``get_request()`` is swallowed, as in the stdlib, but its errno is
+        passed on to the engine, which backs off from a listener that keeps failing for lack
+        of descriptors instead of spinning on it.
         """
         try:
             request, client_address = self.get_request()
         except OSError as error:
-            return error
+            self._rs_engine.note_acquire_error(error.errno)
+            return
         self._rs_serve_acquired(request, client_address)
-        return None
 
     def _rs_serve_acquired(self, request, client_address):
         """Verify and process an acquired request; the engine's fast path calls this."""
