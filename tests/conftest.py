@@ -1,0 +1,53 @@
+"""Shared fixtures.
+
+``ss`` parametrises a test over the standard library's ``socketserver`` (id ``stdlib``, the
+oracle) and ``socketserver_rs`` (id ``rs``): such a test pins stdlib behaviour and must pass
+for both. ``harness`` owns servers, serving threads, clients and child processes and tears
+them all down, bounded in time.
+"""
+
+import shutil
+import socketserver
+import tempfile
+
+import pytest
+import socketserver_rs
+
+MODULES = {"stdlib": socketserver, "rs": socketserver_rs}
+
+
+@pytest.fixture(params=list(MODULES))
+def ss(request):
+    """The module under test: ``socketserver`` or ``socketserver_rs``."""
+    return MODULES[request.param]
+
+
+@pytest.fixture
+def rs():
+    """``socketserver_rs`` alone, for tests of deliberate differences or internals."""
+    return socketserver_rs
+
+
+@pytest.fixture
+def harness():
+    from _behaviour_helpers import Harness
+
+    owner = Harness()
+    try:
+        yield owner
+    finally:
+        owner.close()
+
+
+@pytest.fixture
+def unix_dir(tmp_path):
+    """A directory for Unix socket paths: ``tmp_path``, unless its paths would not fit in
+    ``sockaddr_un`` (108 bytes on Linux); then a short directory under the temp dir."""
+    if len(str(tmp_path)) <= 80:
+        yield tmp_path
+        return
+    short = tempfile.mkdtemp(prefix="ssb")
+    try:
+        yield short
+    finally:
+        shutil.rmtree(short, ignore_errors=True)

@@ -1,0 +1,318 @@
+"""The fast path (socketserver_rs accepting/receiving in Rust when no acquiring hook is
+overridden and ``server.socket`` is a plain ``socket.socket``) must be indistinguishable from
+the slow path (``get_request()`` in Python).
+
+The comparison tests run every variant on both modules: the stdlib has only one path, so it
+is the oracle for what each variant must observe. Tests marked "implementation detail" check
+which path socketserver_rs actually took and run on it alone.
+"""
+
+import os
+import socket
+
+import pytest
+from _behaviour_helpers import (
+    HAS_UNIX,
+    LOOPBACK,
+    POLL,
+    client_reply,
+    client_send,
+    collapse_service_actions,
+    echo_handler,
+    recording,
+    recording_handler,
+    recv_until_eof,
+    server_address,
+    server_class,
+    server_records,
+    wait_for,
+)
+
+# Bounded per test, well above what any test needs, so a hang fails fast.
+pytestmark = pytest.mark.timeout(60)
+
+needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
+KINDS = [
+    "tcp",
+    "udp",
+    pytest.param("unix_stream", marks=needs_unix),
+    pytest.param("unix_dgram", marks=needs_unix),
+]
+
+
+class PlainSubclassSocket(socket.socket):
+    """A socket.socket subclass, as a user wrapping the listener would install."""
+
+
+def get_request_calling_super(cls):
+    class Server(cls):
+        def get_request(self):
+            self.get_request_calls = getattr(self, "get_request_calls", 0) + 1
+            return super().get_request()
+
+    return Server
+
+
+def fileno_calling_super(cls):
+    class Server(cls):
+        def fileno(self):
+            return super().fileno()
+
+    return Server
+
+
+def apply_variant(server, variant):
+    """Per-instance variants: a get_request set on the instance, or a replaced socket."""
+    if variant == "instance_get_request":
+        stock = server.get_request
+
+        def get_request():
+            server.get_request_calls = getattr(server, "get_request_calls", 0) + 1
+            return stock()
+
+        server.get_request = get_request
+    elif variant == "socket_subclass":
+        old = server.socket
+        server.socket = PlainSubclassSocket(old.family, old.type, old.proto, fileno=old.detach())
+    return server
+
+
+VARIANTS = {
+    "stock": lambda cls: cls,
+    "get_request_super": get_request_calling_super,
+    "fileno_super": fileno_calling_super,
+    "instance_get_request": lambda cls: cls,
+    "socket_subclass": lambda cls: cls,
+}
+
+
+def make(harness, ss, kind, unix_dir, variant, handler=None, record=False, **attrs):
+    cls = server_class(ss, kind)
+    if record:
+        cls = recording(cls)
+    cls = VARIANTS[variant](cls)
+    server = harness.server(
+        cls, server_address(kind, unix_dir), handler or echo_handler(ss), **attrs
+    )
+    return apply_variant(server, variant)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_path_gives_handlers_the_same_request_address_and_data(
+    ss, harness, unix_dir, kind, variant
+):
+    server = make(harness, ss, kind, unix_dir, variant, timeout=5.0)
+    client, client_name = client_send(harness, server, kind, b"payload", unix_dir)
+    server.handle_request()
+    assert client_reply(client, kind) == b"echo:payload"
+    (record,) = server_records(server)
+    assert record["data"] == b"payload"
+    if kind == "tcp":
+        assert record["client_address"] == (LOOPBACK, client_name[1])
+    elif kind == "udp":
+        assert record["client_address"] == (LOOPBACK, client_name[1])
+    elif kind == "unix_stream":
+        assert record["client_address"] == ""
+    else:
+        assert record["client_address"] == client_name
+    if kind in ("tcp", "unix_stream"):
+        assert type(record["request"]) is socket.socket
+        assert record["gettimeout"] is None
+        assert record["os_blocking"] is True
+        assert record["inheritable"] is False
+        if kind == "tcp":
+            # Every path treats TCP_NODELAY alike: the stdlib leaves Nagle on; socketserver_rs
+            # sets TCP_NODELAY when its tcp_nodelay is true (a deliberate difference).
+            assert bool(record["nodelay"]) is bool(getattr(server, "tcp_nodelay", False))
+    else:
+        _data, sock = record["request"]
+        assert sock is server.socket
+    if variant in ("get_request_super", "instance_get_request"):
+        assert server.get_request_calls == 1
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_path_calls_the_hooks_in_the_same_order(ss, harness, unix_dir, kind, variant):
+    server = make(harness, ss, kind, unix_dir, variant, handler=recording_handler(ss), record=True)
+    serving = harness.serve(server, poll_interval=POLL)
+    for i in range(2):
+        client, _ = client_send(harness, server, kind, b"h", unix_dir, f"c{i}.sock")
+        assert client_reply(client, kind) == b"echo:h"
+    serving.stop()
+    served = [
+        "verify_request",
+        "process_request",
+        "finish_request",
+        "setup",
+        "handle",
+        "finish",
+        "shutdown_request",
+        "close_request",
+        "service_actions",
+    ]
+    assert collapse_service_actions(server.log) == served * 2
+
+
+@pytest.mark.parametrize("variant", ["stock", "socket_subclass"])
+def test_every_path_serves_many_clients_under_serve_forever(ss, harness, unix_dir, variant):
+    server = make(harness, ss, "tcp", unix_dir, variant)
+    harness.serve(server, poll_interval=POLL)
+    for i in range(20):
+        assert harness.exchange(server, b"%d" % i) == b"echo:%d" % i
+
+
+@pytest.mark.parametrize("variant", ["stock", "get_request_super"])
+def test_empty_datagram_is_a_request_with_empty_data(ss, harness, unix_dir, variant):
+    server = make(harness, ss, "udp", unix_dir, variant, timeout=5.0)
+    client, _ = client_send(harness, server, "udp", b"", unix_dir)
+    server.handle_request()
+    assert client.recv(100) == b"echo:"
+    assert server_records(server)[0]["data"] == b""
+
+
+@pytest.mark.parametrize("variant", ["stock", "get_request_super"])
+def test_max_packet_size_read_at_each_call(ss, harness, unix_dir, variant):
+    server = make(harness, ss, "udp", unix_dir, variant, timeout=5.0)
+    for size in (3, 6, 65536):
+        server.max_packet_size = size
+        client, _ = client_send(harness, server, "udp", b"0123456789", unix_dir)
+        server.handle_request()
+        assert client.recv(100) == b"echo:" + b"0123456789"[:size]
+
+
+@pytest.mark.parametrize("variant", ["stock", "get_request_super"])
+def test_large_datagram_arrives_whole_when_max_packet_size_allows(ss, harness, unix_dir, variant):
+    server = make(harness, ss, "udp", unix_dir, variant, timeout=5.0, max_packet_size=65536)
+    payload = os.urandom(60000)
+    _client, _ = client_send(harness, server, "udp", payload, unix_dir)
+    server.handle_request()
+    assert server_records(server)[0]["data"] == payload
+
+
+def test_a_listening_socket_replaced_between_calls_is_used_by_the_next_call(ss, harness):
+    server = harness.server(ss.TCPServer, (LOOPBACK, 0), echo_handler(ss), timeout=5.0)
+    client = harness.connect(server, b"first")
+    client.shutdown(socket.SHUT_WR)
+    server.handle_request()
+    assert recv_until_eof(client) == b"echo:first"
+
+    replacement = socket.socket()
+    replacement.bind((LOOPBACK, 0))
+    replacement.listen()
+    server.socket.close()
+    server.socket = replacement
+    server.server_address = replacement.getsockname()
+    client = harness.connect(server, b"second")
+    client.shutdown(socket.SHUT_WR)
+    server.handle_request()
+    assert recv_until_eof(client) == b"echo:second"
+
+    serving = harness.serve(server, poll_interval=POLL)
+    assert harness.exchange(server, b"third") == b"echo:third"
+    serving.stop()
+
+
+def test_socket_replaced_by_a_subclass_while_not_serving_is_served(ss, harness):
+    server = harness.server(ss.TCPServer, (LOOPBACK, 0), echo_handler(ss))
+    serving = harness.serve(server, poll_interval=POLL)
+    assert harness.exchange(server, b"plain") == b"echo:plain"
+    serving.stop()
+    apply_variant(server, "socket_subclass")
+    assert type(server.socket) is PlainSubclassSocket
+    harness.serve(server, poll_interval=POLL)
+    assert harness.exchange(server, b"subclass") == b"echo:subclass"
+    assert type(server_records(server)[-1]["request"]) is socket.socket
+
+
+# Implementation details: socketserver_rs only ----------------------------------------------
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_serving_plan_is_fast_only_for_stock_hooks_on_a_plain_socket(rs, harness, variant):
+    """Implementation detail (socketserver_rs only): which serving calls may take the fast
+    path."""
+    from socketserver_rs._fastpath import serving_plan
+
+    server = make(harness, rs, "tcp", None, variant)
+    assert serving_plan(server) is (variant == "stock")
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_fast_path_does_not_call_get_request(rs, harness, unix_dir, monkeypatch, kind):
+    """Implementation detail (socketserver_rs only): with stock hooks the engine acquires the
+    request itself. The stock get_request is wrapped (keeping its marker, so the server still
+    counts as stock) to see that it is not called, while a subclass's super() call is."""
+    from socketserver_rs import _fastpath
+
+    base = server_class(rs, kind)
+    stock = base.get_request
+    calls = []
+
+    def counting(self):
+        calls.append(type(self).__name__)
+        return stock(self)
+
+    setattr(counting, _fastpath._MARK, getattr(stock, _fastpath._MARK))
+    monkeypatch.setattr(base, "get_request", counting)
+
+    fast = make(harness, rs, kind, unix_dir, "stock", timeout=5.0)
+    client, _ = client_send(harness, fast, kind, b"fast", unix_dir)
+    fast.handle_request()
+    assert client_reply(client, kind) == b"echo:fast"
+    assert calls == []
+
+    slow = make(harness, rs, kind, unix_dir, "get_request_super", timeout=5.0)
+    client, _ = client_send(harness, slow, kind, b"slow", unix_dir)
+    slow.handle_request()
+    assert client_reply(client, kind) == b"echo:slow"
+    assert calls == ["Server"]
+
+
+# Settings changed while serve_forever() runs --------------------------------------------------
+#
+# The stdlib reads every attribute and hook at the moment it uses it, so a change made by a
+# handler (or another thread) applies from the next request on. A serving plan decided once
+# per serve_forever() call must not freeze them.
+
+
+def test_max_packet_size_changed_while_serving_applies_to_the_next_datagram(ss, harness):
+    class Handler(ss.BaseRequestHandler):
+        def handle(self):
+            data, sock = self.request
+            self.server.max_packet_size = 3
+            sock.sendto(b"echo:" + data, self.client_address)
+
+    server = harness.server(ss.UDPServer, (LOOPBACK, 0), Handler)
+    harness.serve(server, poll_interval=POLL)
+    client = harness.datagram_client(server)
+    client.sendto(b"0123456789", server.server_address)
+    assert client.recv(100) == b"echo:0123456789"
+    client.sendto(b"0123456789", server.server_address)
+    assert client.recv(100) == b"echo:012"
+
+
+def test_get_request_assigned_on_the_instance_while_serving_is_used(ss, harness):
+    server = harness.server(ss.TCPServer, (LOOPBACK, 0), echo_handler(ss))
+    harness.serve(server, poll_interval=POLL)
+    assert harness.exchange(server, b"before") == b"echo:before"
+    calls = []
+    stock = server.get_request
+
+    def get_request():
+        calls.append(1)
+        return stock()
+
+    server.get_request = get_request
+    assert harness.exchange(server, b"after") == b"echo:after"
+    assert calls == [1]
+
+
+def test_service_actions_assigned_on_the_instance_while_serving_is_called(ss, harness):
+    server = harness.server(ss.TCPServer, (LOOPBACK, 0), echo_handler(ss))
+    harness.serve(server, poll_interval=POLL)
+    assert harness.exchange(server, b"before") == b"echo:before"
+    calls = []
+    server.service_actions = lambda: calls.append(1)
+    assert wait_for(lambda: len(calls) >= 2, timeout=2.0)
