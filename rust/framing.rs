@@ -138,12 +138,12 @@ impl Decoder {
         self.hold(input)
     }
 
-    /// Keep an incomplete line. One that already fills the limit can only grow past it.
+    /// Keep an incomplete line (at most the limit: at end of stream it is a message).
     fn hold(&mut self, tail: &[u8]) -> Result<(), FrameError> {
         let size = self.pending.len() + tail.len();
-        if size >= self.limit {
+        if size > self.limit {
             return Err(FrameError::TooLarge {
-                size: size + 1,
+                size,
                 limit: self.limit,
             });
         }
@@ -310,8 +310,15 @@ mod tests {
     fn an_endless_line_is_refused_before_it_is_all_buffered() {
         let mut decoder = Decoder::new(Framing::Line, 8);
         let mut sink = |_: &[u8]| panic!("no complete message");
-        assert!(decoder.feed(b"1234567", &mut sink).is_ok());
-        assert!(decoder.feed(b"8", &mut sink).is_err());
+        assert!(decoder.feed(b"12345678", &mut sink).is_ok());
+        assert!(decoder.feed(b"9", &mut sink).is_err());
+    }
+
+    #[test]
+    fn an_unterminated_last_line_of_exactly_the_limit_is_delivered_at_eof() {
+        let got = decode_in_chunks(Framing::Line, 4, b"abcd", 1).unwrap();
+        assert_eq!(got, vec![b"abcd".to_vec()]);
+        assert!(decode_in_chunks(Framing::Line, 4, b"abcd\n", 1).is_err());
     }
 
     #[test]

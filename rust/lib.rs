@@ -10,7 +10,9 @@ mod datagram_loop;
 mod deadline;
 mod engine;
 mod errors;
-mod framing;
+// Public (but not part of any API) so that fuzz/ can drive the framer directly.
+#[doc(hidden)]
+pub mod framing;
 mod net;
 mod poller;
 mod pool;

@@ -8,6 +8,7 @@
 //! serving session (poller, signals, shutdown) and error reporting. The loops themselves are
 //! in `stream_loop.rs` and `datagram_loop.rs`.
 
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -169,11 +170,14 @@ pub struct Handler {
     pub object: Py<PyAny>,
     pub handle_message: Py<PyAny>,
     pub address: Py<PyAny>,
-    /// With worker threads: messages waiting for the connection's batch in flight to end.
-    pub backlog: Vec<Py<PyAny>>,
+    /// Messages read but not yet handled: held back while the connection's output is over
+    /// the limit, or (with worker threads) while a batch of its messages is in flight.
+    pub backlog: VecDeque<Py<PyAny>>,
     pub backlog_bytes: usize,
     /// With worker threads: a batch of this connection's messages is being handled.
     pub in_flight: bool,
+    /// The handler asked to close, or failed: its further messages are dropped.
+    pub stopped: bool,
 }
 
 impl Handler {
@@ -182,9 +186,10 @@ impl Handler {
             object,
             handle_message,
             address,
-            backlog: Vec::new(),
+            backlog: VecDeque::new(),
             backlog_bytes: 0,
             in_flight: false,
+            stopped: false,
         }
     }
 }

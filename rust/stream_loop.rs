@@ -38,6 +38,8 @@ const SCRATCH: usize = 64 * 1024;
 const READ_BUDGET: usize = 256 * 1024;
 /// Connections accepted per turn at most.
 const ACCEPT_BATCH: usize = 256;
+/// Messages handed to a worker at once: bounds what one batch can add to the output.
+const SUBMIT_BATCH: usize = 16;
 /// How long `shutdown()` waits for queued replies to be written.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
@@ -69,8 +71,8 @@ pub struct StreamLoop<'r> {
     commands: Vec<Command>,
     /// Hands batches to worker threads (None: handlers run on this thread).
     submit: Option<Py<PyAny>>,
-    /// Connections with messages waiting to be submitted.
-    to_submit: Vec<usize>,
+    /// Connections whose waiting messages may be handled (or submitted) now.
+    to_resume: Vec<usize>,
     backoff: AcceptBackoff,
     /// The listener's readiness was consumed (or room freed up): ask for it again.
     rearm_listener: bool,
@@ -102,7 +104,7 @@ impl<'r> StreamLoop<'r> {
             ended: Vec::new(),
             commands: Vec::new(),
             submit,
-            to_submit: Vec::new(),
+            to_resume: Vec::new(),
             backoff: AcceptBackoff::default(),
             rearm_listener: false,
             was_paused: false,
@@ -168,6 +170,13 @@ impl<'r> StreamLoop<'r> {
     /// The GIL-free half of a turn.
     fn io_half(&mut self, timeout: Option<Duration>, listening: bool) -> std::io::Result<()> {
         self.flush_pending();
+        // Connections whose last bytes just went out (or waiting messages that may now run)
+        // must not wait for an unrelated wakeup.
+        let timeout = if self.to_close.is_empty() && self.to_resume.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         // Re-arming while not listening would report a waiting client at once, every turn.
         if listening && (self.rearm_listener || self.was_paused) {
             self.session.poller.rearm()?;
@@ -218,6 +227,7 @@ impl<'r> StreamLoop<'r> {
     }
 
     fn read_ready(&mut self) {
+        let limit = self.settings.write_buffer_limit;
         let StreamLoop {
             conns,
             scratch,
@@ -233,7 +243,8 @@ impl<'r> StreamLoop<'r> {
             let Some(conn) = conns.get_mut(slot) else {
                 continue;
             };
-            if conn.paused || conn.read_closed || conn.closing {
+            let backlogged = conn.handler.backlog_bytes > limit;
+            if conn.paused || backlogged || conn.read_closed || conn.closing {
                 continue; // resumed by `flush_pending` once output drains
             }
             let stop = conn.read_messages(scratch, READ_BUDGET, &mut |message| {
@@ -287,12 +298,11 @@ impl<'r> StreamLoop<'r> {
                     self.troubles.push((slot, Trouble::Failed));
                 }
             }
-            if conn.paused
-                && conn.pending_output() <= limit / 2
-                && conn.handler.backlog_bytes <= limit / 2
-            {
+            if conn.paused && conn.pending_output() <= limit / 2 {
                 conn.paused = false;
-                if conn.readable {
+                if !conn.handler.backlog.is_empty() {
+                    self.to_resume.push(slot);
+                } else if conn.readable {
                     self.to_read.push(slot);
                 }
             }
@@ -310,8 +320,7 @@ impl<'r> StreamLoop<'r> {
     ) -> PyResult<()> {
         self.open_accepted(server, handler_class)?;
         self.dispatch_messages(server)?;
-        self.apply_commands();
-        self.submit_ready(server.py())?;
+        self.apply_commands(server.py());
         for slot in std::mem::take(&mut self.ended) {
             self.close_when_flushed(slot);
         }
@@ -379,26 +388,56 @@ impl<'r> StreamLoop<'r> {
         Ok(())
     }
 
+    /// Queue the turn's messages on their connections, then run what can run.
     fn dispatch_messages(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
-        if self.submit.is_some() {
-            return self.submit_messages(server.py());
-        }
         let py = server.py();
-        let messages = std::mem::take(&mut self.messages);
-        let mut result = Ok(());
-        for (slot, range) in &messages {
-            let Some(conn) = self.conns.get_mut(*slot) else {
+        for (slot, range) in std::mem::take(&mut self.messages) {
+            let Some(conn) = self.conns.get_mut(slot) else {
                 continue;
             };
-            if conn.closing {
+            if conn.handler.stopped {
                 continue; // closed by its handler or after an error: drop later messages
             }
             let message = PyBytes::new(py, &self.arena[range.clone()]);
+            let handler = &mut conn.handler;
+            handler.backlog.push_back(message.into_any().unbind());
+            handler.backlog_bytes += range.len();
+            if handler.backlog.len() == 1 {
+                self.to_resume.push(slot);
+            }
+        }
+        self.arena.clear();
+        for slot in std::mem::take(&mut self.to_resume) {
+            if self.submit.is_some() {
+                self.submit_backlog(py, slot)?;
+            } else {
+                self.handle_backlog(server, slot)?;
+            }
+            self.after_backlog(slot);
+        }
+        Ok(())
+    }
+
+    /// Handle `slot`'s waiting messages on this thread, in order, until its output passes
+    /// the limit (backpressure: the rest wait until the output drains).
+    fn handle_backlog(&mut self, server: &Bound<'_, PyAny>, slot: usize) -> PyResult<()> {
+        let py = server.py();
+        loop {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return Ok(());
+            };
+            if conn.paused || conn.handler.stopped {
+                return Ok(());
+            }
+            let Some(message) = conn.handler.backlog.pop_front() else {
+                return Ok(());
+            };
+            conn.handler.backlog_bytes -= message.bind(py).len()?;
             let reply = conn.handler.handle_message.call1(py, (message,));
             // Commands from the handler (send/close) come before its returned reply.
-            self.apply_commands();
-            let Some(conn) = self.conns.get_mut(*slot) else {
-                continue;
+            self.apply_commands(py);
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return Ok(());
             };
             let queued = reply.and_then(|reply| {
                 let reply = reply.bind(py);
@@ -410,77 +449,68 @@ impl<'r> StreamLoop<'r> {
                     .map_err(|e| framing_error(e.to_string()))
             });
             match queued {
-                Ok(()) => self.after_output(*slot),
+                Ok(()) => self.after_output(slot),
                 Err(err) => {
-                    self.close_when_flushed(*slot);
-                    let conn = self.conns.get_mut(*slot).expect("checked above");
-                    let (object, address) = (
-                        conn.handler.object.clone_ref(py),
-                        conn.handler.address.clone_ref(py),
-                    );
-                    if let Err(err) = report(server, Some(&object), &address, err) {
-                        result = Err(err);
-                        break;
-                    }
+                    let (object, address) = self.stop(py, slot);
+                    report(server, Some(&object), &address, err)?;
                 }
             }
         }
-        self.arena.clear();
-        result
     }
 
-    /// Worker-thread mode: add the turn's messages to their connections' backlogs and hand
-    /// each connection with no batch in flight its backlog as the next batch.
-    fn submit_messages(&mut self, py: Python<'_>) -> PyResult<()> {
-        let limit = self.settings.write_buffer_limit;
-        for (slot, range) in std::mem::take(&mut self.messages) {
-            let Some(conn) = self.conns.get_mut(slot) else {
-                continue;
-            };
-            if conn.closing {
-                continue;
-            }
-            let message = PyBytes::new(py, &self.arena[range.clone()]);
-            conn.handler.backlog.push(message.into_any().unbind());
-            conn.handler.backlog_bytes += range.len();
-            if conn.handler.backlog_bytes > limit {
-                conn.paused = true;
-            }
-            if !conn.handler.in_flight {
-                self.to_submit.push(slot);
-            }
-        }
-        self.arena.clear();
-        self.submit_ready(py)
-    }
-
-    fn submit_ready(&mut self, py: Python<'_>) -> PyResult<()> {
+    /// Worker-thread mode: give `slot`'s waiting messages to a worker as one batch, unless
+    /// one is in flight (order) or its output is over the limit (backpressure).
+    fn submit_backlog(&mut self, py: Python<'_>, slot: usize) -> PyResult<()> {
         let Some(submit) = &self.submit else {
             return Ok(());
         };
-        for slot in std::mem::take(&mut self.to_submit) {
-            let Some(conn) = self.conns.get_mut(slot) else {
-                continue;
-            };
-            let handler = &mut conn.handler;
-            if handler.in_flight || handler.backlog.is_empty() {
-                continue;
-            }
-            let messages = pyo3::types::PyList::new(py, std::mem::take(&mut handler.backlog))?;
-            handler.backlog_bytes = 0;
-            handler.in_flight = true;
-            submit.call1(py, ((handler.object.clone_ref(py), messages, false),))?;
-            if conn.paused && conn.pending_output() <= self.settings.write_buffer_limit / 2 {
-                conn.paused = false;
-                if conn.readable {
-                    self.to_read.push(slot);
-                }
-            }
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return Ok(());
+        };
+        let handler = &mut conn.handler;
+        if handler.in_flight || handler.stopped || conn.paused || handler.backlog.is_empty() {
+            return Ok(());
         }
+        let take = handler.backlog.len().min(SUBMIT_BATCH);
+        let batch: Vec<Py<PyAny>> = handler.backlog.drain(..take).collect();
+        for message in &batch {
+            handler.backlog_bytes -= message.bind(py).len()?;
+        }
+        let batch = pyo3::types::PyList::new(py, batch)?;
+        handler.in_flight = true;
+        submit.call1(py, ((handler.object.clone_ref(py), batch, false),))?;
         Ok(())
     }
 
-    /// Output was queued on `slot`: schedule the write, and pause reading past the limit.
+    /// After `slot`'s backlog shrank: read again if reading was held back for it, and see
+    /// whether a closing connection is done.
+    fn after_backlog(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.readable && conn.handler.backlog_bytes <= self.settings.write_buffer_limit {
+            self.to_read.push(slot);
+        }
+        if conn.closing {
+            self.to_close.push(slot);
+        }
+    }
+
+    /// The handler failed or asked to close: take no more of its messages, close once the
+    /// output is written. Returns the handler object and address, for reporting.
+    fn stop(&mut self, py: Python<'_>, slot: usize) -> (Py<PyAny>, Py<PyAny>) {
+        self.close_when_flushed(slot);
+        let conn = self.conns.get_mut(slot).expect("a live connection");
+        conn.handler.stopped = true;
+        conn.handler.backlog.clear();
+        conn.handler.backlog_bytes = 0;
+        (
+            conn.handler.object.clone_ref(py),
+            conn.handler.address.clone_ref(py),
+        )
+    }
+
+    /// Output was queued on `slot`: schedule the write, and pause past the limit.
     fn after_output(&mut self, slot: usize) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
@@ -493,7 +523,7 @@ impl<'r> StreamLoop<'r> {
         }
     }
 
-    fn apply_commands(&mut self) {
+    fn apply_commands(&mut self, py: Python<'_>) {
         let shared = self.reactor.shared();
         loop {
             shared.take_commands(&mut self.commands);
@@ -510,8 +540,8 @@ impl<'r> StreamLoop<'r> {
                         let Some(conn) = self.conns.get_mut(slot) else {
                             continue;
                         };
-                        if conn.generation != generation || conn.closing {
-                            continue; // a closed connection, or one that asked to close
+                        if conn.generation != generation {
+                            continue; // meant for an earlier connection in this slot
                         }
                         // Framing errors cannot happen for sends under 4 GiB; drop otherwise.
                         if encode(self.settings.framing, &data, conn.output()).is_ok() {
@@ -524,7 +554,7 @@ impl<'r> StreamLoop<'r> {
                             .get(slot)
                             .is_some_and(|c| c.generation == generation)
                         {
-                            self.close_when_flushed(slot);
+                            self.stop(py, slot);
                         }
                     }
                     Command::BatchDone { slot, generation } => {
@@ -533,7 +563,7 @@ impl<'r> StreamLoop<'r> {
                         };
                         if conn.generation == generation {
                             conn.handler.in_flight = false;
-                            self.to_submit.push(slot);
+                            self.to_resume.push(slot);
                             self.to_close.push(slot);
                         }
                     }
@@ -555,25 +585,26 @@ impl<'r> StreamLoop<'r> {
     fn handle_troubles(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = server.py();
         for (slot, trouble) in std::mem::take(&mut self.troubles) {
-            let Some(conn) = self.conns.get_mut(slot) else {
+            if self.conns.get(slot).is_none() {
                 continue;
-            };
-            conn.closing = true;
+            }
             match trouble {
+                // The peer is gone: nothing more can be delivered.
                 Trouble::Failed => {
+                    self.stop(py, slot);
+                    let conn = self.conns.get_mut(slot).expect("checked above");
                     conn.output().clear();
                     let _ = conn.flush();
                 }
+                // Messages before the bad one still get handled and answered; then close.
                 Trouble::Framing(message) => {
-                    self.to_flush.push(slot);
-                    let (object, address) = (
-                        conn.handler.object.clone_ref(py),
-                        conn.handler.address.clone_ref(py),
-                    );
+                    self.close_when_flushed(slot);
+                    let conn = self.conns.get(slot).expect("checked above");
+                    let object = conn.handler.object.clone_ref(py);
+                    let address = conn.handler.address.clone_ref(py);
                     report(server, Some(&object), &address, framing_error(message))?;
                 }
             }
-            self.to_close.push(slot);
         }
         Ok(())
     }
@@ -601,10 +632,14 @@ impl<'r> StreamLoop<'r> {
     fn close_finished(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut result = Ok(());
         for slot in std::mem::take(&mut self.to_close) {
-            let ready = self
-                .conns
-                .get(slot)
-                .is_some_and(|c| c.closing && c.pending_output() == 0);
+            // Done: nothing left to write, no batch in flight on a worker (it still uses the
+            // handler), and no waiting message that will still be handled.
+            let ready = self.conns.get(slot).is_some_and(|c| {
+                c.closing
+                    && c.pending_output() == 0
+                    && !c.handler.in_flight
+                    && (c.handler.backlog.is_empty() || c.handler.stopped)
+            });
             if !ready {
                 continue;
             }
