@@ -1,0 +1,363 @@
+"""Benchmark servers, one per process, all running the same handler code.
+
+    python benches/servers.py IMPL KIND ADDRESS [--backlog N] [--max-workers N] [--lifetime S]
+    python benches/servers.py shutdown-latency IMPL [--tries N]
+    python benches/servers.py idle IMPL KIND [--seconds S]
+
+IMPL is ``stdlib`` (``socketserver``), ``rs`` (``socketserver_rs``), ``asyncio``, ``uvloop`` or
+``mio`` (the native ``mio-echo`` binary from benches/loadgen, the ceiling). For ``stdlib`` and
+``rs``, KIND names a server class (``TCPServer``, ``ThreadingUDPServer``,
+``ThreadPoolUnixStreamServer``, ``ReactorTCPServer`` ...) or ``http:CLASS`` (an ``http.server``
+handler on that class; ``http-stock:CLASS`` leaves Nagle on, as the handler ships); for the
+others it is ``tcp``, ``udp`` or ``unix``. ADDRESS is ``127.0.0.1:PORT`` (port 0 picks
+a free one) or a filesystem path for Unix sockets.
+
+A server prints ``READY <address>`` once it is listening and serves until it is killed, its
+parent dies, or ``--lifetime`` seconds (default 900) have passed. The other two commands
+measure in-process and print one JSON line.
+"""
+
+import argparse
+import asyncio
+import ctypes
+import http.server
+import json
+import os
+import resource
+import signal
+import socket
+import socketserver
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import socketserver_rs
+
+MODULES = {"stdlib": socketserver, "rs": socketserver_rs}
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- the handlers: one source, each module's own base classes -------------------------------
+
+
+def echo_handlers(mod):
+    """The line-echo stream handler and the datagram echo handler, built on ``mod``."""
+
+    class EchoLines(mod.StreamRequestHandler):
+        def handle(self):
+            for line in self.rfile:
+                self.wfile.write(line)
+
+    class EchoDatagram(mod.DatagramRequestHandler):
+        def handle(self):
+            for line in self.rfile:
+                self.wfile.write(line)
+
+    return EchoLines, EchoDatagram
+
+
+def echo_message_handler(mod, datagram):
+    """The same echo for socketserver_rs's reactor servers, whose handlers see whole messages
+    (lines on streams, datagrams as they come) and return the reply."""
+
+    class EchoMessage(mod.MessageHandler):
+        framing = "raw" if datagram else "line"
+
+        def handle_message(self, message):
+            return message
+
+    return EchoMessage
+
+
+class HelloHandler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive: a fixed small body with a Content-Length; no access log.
+
+    Headers and body go out in two writes; with Nagle on, the second waits for the client's
+    delayed ACK (~40 ms on Linux), which would measure the TCP stack's timers, not the server.
+    """
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    body = b"hello, world\n"
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, format, *args):
+        pass
+
+
+class StockHelloHandler(HelloHandler):
+    """The same, with Nagle left on as ``StreamRequestHandler`` ships it."""
+
+    disable_nagle_algorithm = False
+
+
+# --- building servers ------------------------------------------------------------------------
+
+
+def parse_address(text):
+    host, sep, port = text.rpartition(":")
+    if sep and port.isdigit() and not text.startswith(("/", ".")):
+        return (host.strip("[]"), int(port))
+    return text
+
+
+def format_address(address):
+    if isinstance(address, tuple):
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+def socketserver_class(mod, kind, backlog=None, max_workers=None):
+    """The server class to run: ``mod.KIND`` with the benchmark's settings layered on."""
+    http_mode = kind.startswith(("http:", "http-stock:"))
+    name = kind.split(":", 1)[1] if http_mode else kind
+    if mod is socketserver and name == "ThreadingHTTPServer":
+        base = http.server.ThreadingHTTPServer
+    elif not hasattr(mod, name):
+        raise SystemExit(f"{mod.__name__} has no {name}")
+    else:
+        base = getattr(mod, name)
+    attrs = {"daemon_threads": True, "allow_reuse_address": True}
+    if backlog is not None:
+        attrs["request_queue_size"] = backlog
+    if max_workers is not None:
+        attrs["max_workers"] = max_workers
+    if http_mode and base is not http.server.ThreadingHTTPServer:
+        # What http.server.HTTPServer adds to a TCPServer, on this module's class.
+        attrs["server_bind"] = http.server.HTTPServer.server_bind
+    return type(f"Bench{name}", (base,), attrs)
+
+
+def build_socketserver(mod, kind, address, backlog=None, max_workers=None):
+    cls = socketserver_class(mod, kind, backlog, max_workers)
+    if kind.startswith("http:"):
+        handler = HelloHandler
+    elif kind.startswith("http-stock:"):
+        handler = StockHelloHandler
+    elif kind.startswith("Reactor"):
+        handler = echo_message_handler(mod, cls.socket_type == socket.SOCK_DGRAM)
+    else:
+        stream, datagram = echo_handlers(mod)
+        handler = datagram if cls.socket_type == socket.SOCK_DGRAM else stream
+    if isinstance(address, str) and os.path.exists(address):
+        os.unlink(address)
+    return cls(address, handler)
+
+
+def ready(address):
+    print(f"READY {format_address(address)}", flush=True)
+
+
+def serve_socketserver(mod, kind, address, backlog, max_workers):
+    server = build_socketserver(mod, kind, address, backlog, max_workers)
+    ready(server.server_address)
+    with server:
+        server.serve_forever()
+
+
+class EchoLinesProtocol(asyncio.Protocol):
+    """Echoes complete lines, as the stream handler does."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.pending = b""
+
+    def data_received(self, data):
+        data = self.pending + data if self.pending else data
+        end = data.rfind(b"\n") + 1
+        if end:
+            self.transport.write(data[:end])
+        self.pending = data[end:]
+
+
+class EchoDatagramProtocol(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+
+async def serve_asyncio(kind, address, backlog):
+    loop = asyncio.get_running_loop()
+    backlog = backlog or 100
+    if kind == "tcp":
+        server = await loop.create_server(
+            EchoLinesProtocol, address[0], address[1], backlog=backlog, reuse_address=True
+        )
+        ready(server.sockets[0].getsockname())
+    elif kind == "unix":
+        if os.path.exists(address):
+            os.unlink(address)
+        server = await loop.create_unix_server(EchoLinesProtocol, address, backlog=backlog)
+        ready(address)
+    elif kind == "udp":
+        transport, _ = await loop.create_datagram_endpoint(EchoDatagramProtocol, local_addr=address)
+        ready(transport.get_extra_info("sockname"))
+        await asyncio.Event().wait()
+        return
+    else:
+        raise SystemExit(f"asyncio servers are tcp, udp or unix, not {kind!r}")
+    async with server:
+        await server.serve_forever()
+
+
+def exec_mio(kind, address, lifetime):
+    bin_dir = Path(os.environ.get("BENCH_BIN_DIR", REPO / "target" / "release"))
+    binary = bin_dir / "mio-echo"
+    if not binary.exists():
+        raise SystemExit(f"{binary} not found: cargo build --release -p loadgen")
+    text = format_address(address)
+    if isinstance(address, str) and os.path.exists(address):
+        os.unlink(address)
+    os.execv(binary, [str(binary), kind, text, "--max-seconds", str(lifetime)])
+
+
+# --- in-process measurements -----------------------------------------------------------------
+
+
+def shutdown_latency(impl, tries):
+    """Time from ``shutdown()`` to ``serve_forever()`` returning, ``tries`` times; the waits
+    before each shutdown are spread over the stdlib's 0.5 s poll interval."""
+    mod = MODULES[impl]
+    handler, _ = echo_handlers(mod)
+    latencies = []
+    for i in range(tries):
+        server = mod.TCPServer(("127.0.0.1", 0), handler)
+        returned = []
+
+        def serve(server=server, returned=returned):
+            server.serve_forever()
+            returned.append(time.perf_counter())
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        time.sleep(0.05 + 0.5 * i / tries)
+        asked = time.perf_counter()
+        server.shutdown()
+        thread.join(5)
+        server.server_close()
+        if not returned:
+            raise SystemExit("serve_forever() did not return within 5 s of shutdown()")
+        latencies.append(returned[0] - asked)
+    print(
+        json.dumps(
+            {
+                "impl": impl,
+                "tries": tries,
+                "median_ms": statistics.median(latencies) * 1e3,
+                "worst_ms": max(latencies) * 1e3,
+                "all_ms": [round(x * 1e3, 3) for x in latencies],
+            }
+        ),
+        flush=True,
+    )
+
+
+def idle_cost(impl, kind, seconds):
+    """CPU time and context switches of a server idling in ``serve_forever()``."""
+    server = build_socketserver(MODULES[impl], kind, ("127.0.0.1", 0))
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        time.sleep(0.5)  # let it settle into its wait
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        time.sleep(seconds)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        server.shutdown()
+        thread.join(5)
+        server.server_close()
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    switches = (after.ru_nvcsw + after.ru_nivcsw) - (before.ru_nvcsw + before.ru_nivcsw)
+    print(
+        json.dumps(
+            {
+                "impl": impl,
+                "kind": kind,
+                "seconds": seconds,
+                "cpu_ms": cpu * 1e3,
+                # The main thread's own sleep accounts for about one of these.
+                "context_switches": switches,
+            }
+        ),
+        flush=True,
+    )
+
+
+# --- process hygiene -------------------------------------------------------------------------
+
+
+def die_with_parent():
+    """Ask the kernel to kill us when the runner goes away (kept across exec)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def limit_lifetime(seconds):
+    timer = threading.Timer(seconds, os._exit, (3,))
+    timer.daemon = True
+    timer.start()
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    die_with_parent()
+    if argv and argv[0] == "shutdown-latency":
+        p = argparse.ArgumentParser(prog="servers.py shutdown-latency")
+        p.add_argument("impl", choices=sorted(MODULES))
+        p.add_argument("--tries", type=int, default=9)
+        args = p.parse_args(argv[1:])
+        limit_lifetime(120)
+        return shutdown_latency(args.impl, args.tries)
+    if argv and argv[0] == "idle":
+        p = argparse.ArgumentParser(prog="servers.py idle")
+        p.add_argument("impl", choices=sorted(MODULES))
+        p.add_argument("kind")
+        p.add_argument("--seconds", type=float, default=10.0)
+        args = p.parse_args(argv[1:])
+        limit_lifetime(args.seconds + 60)
+        return idle_cost(args.impl, args.kind, args.seconds)
+
+    p = argparse.ArgumentParser(prog="servers.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("impl", choices=["stdlib", "rs", "asyncio", "uvloop", "mio"])
+    p.add_argument("kind")
+    p.add_argument("address", type=parse_address)
+    p.add_argument("--backlog", type=int, help="listen backlog (default: the class's own)")
+    p.add_argument("--max-workers", type=int, help="pool size for ThreadPool* classes")
+    p.add_argument("--lifetime", type=float, default=900.0, help="exit after this long")
+    args = p.parse_args(argv)
+    if isinstance(args.address, tuple) and not args.address[0].startswith("127."):
+        if args.address[0] not in ("localhost", "::1"):
+            raise SystemExit("benchmark servers listen on loopback addresses only")
+    if args.impl == "mio":
+        return exec_mio(args.kind, args.address, args.lifetime)
+    limit_lifetime(args.lifetime)
+    if args.impl in MODULES:
+        return serve_socketserver(
+            MODULES[args.impl], args.kind, args.address, args.backlog, args.max_workers
+        )
+    if args.impl == "uvloop":
+        import uvloop
+
+        return uvloop.run(serve_asyncio(args.kind, args.address, args.backlog))
+    return asyncio.run(serve_asyncio(args.kind, args.address, args.backlog))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        pass
