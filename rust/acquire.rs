@@ -1,10 +1,9 @@
 //! The fast path: taking a request off the server socket in Rust.
 //!
 //! When no hook that acquires a request is overridden and `server.socket` is exactly a
-//! `socket.socket`, the engine accepts (stream) or receives (datagram) itself, in the same
-//! GIL-free stretch as the wait that reported the socket readable, and hands Python exactly
-//! what `get_request()` would have returned: `(socket.socket, address)` for streams,
-//! `((data, server.socket), address)` for datagrams.
+//! `socket.socket`, the engine accepts (stream) or receives (datagram) itself, without the
+//! GIL, and hands Python exactly what `get_request()` would have returned:
+//! `(socket.socket, address)` for streams, `((data, server.socket), address)` for datagrams.
 
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 

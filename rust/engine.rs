@@ -14,7 +14,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use crate::acquire::{FastPath, Raw};
+use crate::acquire::FastPath;
 use crate::deadline::{AcceptBackoff, Deadline, duration_from_secs, effective_timeout};
 use crate::errors::os_error;
 use crate::net::is_descriptor_exhaustion;
@@ -116,7 +116,12 @@ impl Engine {
         body: impl FnOnce(&mut Session) -> PyResult<T>,
     ) -> PyResult<T> {
         let mut session = self.open_session(server, pool)?;
-        let result = body(&mut session);
+        // A signal that arrived before the wakeup descriptor was in place only left a flag:
+        // look now, or an idle loop would sleep through Ctrl-C.
+        let result = server
+            .py()
+            .check_signals()
+            .and_then(|()| body(&mut session));
         let closed = self.close_session(server.py(), session);
         let value = result?;
         closed?;
@@ -133,7 +138,8 @@ fn instance_dict_len(server: &Bound<'_, PyAny>) -> usize {
 
 impl Session {
     /// Decide (again, if the server's instance attributes changed) whether the fast path
-    /// applies. Costs one `len(server.__dict__)` per request when nothing changed.
+    /// applies. Costs one `len(server.__dict__)` per request when nothing changed; a hook
+    /// patched on the class while serving is not noticed (documented).
     fn refresh_plan(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = server.py();
         let key = instance_dict_len(server);
@@ -157,15 +163,9 @@ impl Session {
         Ok(())
     }
 
-    /// Wait with the GIL released; on the fast path also take the request in the same
-    /// GIL-free stretch. Pending signals are checked (and their handlers run) afterwards.
-    fn wait(
-        &mut self,
-        server: &Bound<'_, PyAny>,
-        timeout: Option<Duration>,
-    ) -> PyResult<(Wakeup, Option<io::Result<Raw>>)> {
+    /// Wait with the GIL released, then check for pending signals (running their handlers).
+    fn wait(&mut self, server: &Bound<'_, PyAny>, timeout: Option<Duration>) -> PyResult<Wakeup> {
         let py = server.py();
-        self.refresh_plan(server)?;
         // Accept only when the pool (if any) has a worker for the request: otherwise clients
         // wait in the kernel backlog and the first worker to free up wakes us.
         let listening = !self.backoff.is_paused()
@@ -186,57 +186,65 @@ impl Session {
             Some(pause) => Some(timeout.map_or(pause, |t| t.min(pause))),
             None => timeout,
         };
-        let Session { poller, fast, .. } = self;
-        let raw = fast.as_mut().map(|fast| &mut fast.raw);
-        let (wakeup, acquired) = py
-            .detach(move || {
-                let wakeup = poller.wait(timeout, listening)?;
-                let acquired = match raw {
-                    Some(raw) if wakeup.readable => Some(raw.acquire()),
-                    _ => None,
-                };
-                io::Result::Ok((wakeup, acquired))
-            })
+        let poller = &mut self.poller;
+        let wakeup = py
+            .detach(move || poller.wait(timeout, listening))
             .map_err(|e| os_error(&e))?;
         self.needs_rearm = wakeup.readable;
         self.was_paused = !listening;
         py.check_signals()?;
-        Ok((wakeup, acquired))
+        Ok(wakeup)
     }
 
     /// Serve the request that made the socket readable, the way `_handle_request_noblock()`
-    /// does; returns what the Python side returned.
+    /// does; returns what the Python side returned. The plan is checked here, after the
+    /// wait, so a hook assigned on the instance while we waited serves this very request.
     fn serve_one<'py>(
         &mut self,
         engine: &Engine,
         server: &Bound<'py, PyAny>,
-        acquired: Option<io::Result<Raw>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = server.py();
-        let (outcome, failure) = match (&mut self.fast, acquired) {
-            (Some(fast), Some(Ok(raw))) => {
-                self.backoff.succeeded();
-                let args = fast.to_python(py, raw)?;
-                let served = server.call_method1(intern!(py, "_rs_serve_acquired"), args);
-                // As get_request() would, the next datagram uses the current max_packet_size.
-                fast.follow_packet_size(server)?;
-                return served;
+        self.refresh_plan(server)?;
+        let failure = match &mut self.fast {
+            Some(fast) => {
+                let raw = &mut fast.raw;
+                match py.detach(move || raw.acquire()) {
+                    Ok(raw) => {
+                        self.backoff.succeeded();
+                        let args = fast.to_python(py, raw)?;
+                        let served = server.call_method1(intern!(py, "_rs_serve_acquired"), args);
+                        // As get_request() would, the next datagram uses the current size.
+                        fast.follow_packet_size(server)?;
+                        return served;
+                    }
+                    // get_request() swallows an OSError from accept/recvfrom, serves nothing
+                    // (after running signal handlers, for EINTR).
+                    Err(err) => {
+                        py.check_signals()?;
+                        err.raw_os_error()
+                    }
+                }
             }
-            // get_request() swallows an OSError from accept/recvfrom and serves nothing.
-            (Some(_), Some(Err(err))) => (py.None().into_bound(py), err.raw_os_error()),
-            _ => {
+            None => {
                 engine.acquire_errno.store(0, Ordering::Relaxed);
                 let outcome = server.call_method0(intern!(py, "_handle_request_noblock"))?;
                 // Our `_handle_request_noblock` reports the errno of an OSError it swallowed.
                 let errno = engine.acquire_errno.swap(0, Ordering::Relaxed);
-                (outcome, (errno != 0).then_some(errno))
+                self.note_failure((errno != 0).then_some(errno));
+                return Ok(outcome);
             }
         };
-        match failure.map(io::Error::from_raw_os_error) {
+        self.note_failure(failure);
+        Ok(py.None().into_bound(py))
+    }
+
+    /// Back off from a listener that failed for lack of descriptors; reset otherwise.
+    fn note_failure(&mut self, errno: Option<i32>) {
+        match errno.map(io::Error::from_raw_os_error) {
             Some(err) if is_descriptor_exhaustion(&err) => self.backoff.failed(),
             _ => self.backoff.succeeded(),
         }
-        Ok(outcome)
     }
 }
 
@@ -262,12 +270,12 @@ impl Engine {
         self.latch.begin_serving();
         let result = self.with_session(server, pool, |session| {
             while !self.latch.is_requested() {
-                let (wakeup, acquired) = session.wait(server, interval)?;
+                let wakeup = session.wait(server, interval)?;
                 if self.latch.is_requested() {
                     break;
                 }
                 if wakeup.readable {
-                    session.serve_one(self, server, acquired)?;
+                    session.serve_one(self, server)?;
                 }
                 server.call_method0(intern!(py, "service_actions"))?;
             }
@@ -290,9 +298,9 @@ impl Engine {
         let deadline = Deadline::after(duration_from_secs(timeout));
         self.with_session(server, None, |session| {
             loop {
-                let (wakeup, acquired) = session.wait(server, deadline.remaining())?;
+                let wakeup = session.wait(server, deadline.remaining())?;
                 if wakeup.readable {
-                    return session.serve_one(self, server, acquired);
+                    return session.serve_one(self, server);
                 }
                 if deadline.has_passed() {
                     return server.call_method0(intern!(py, "handle_timeout"));

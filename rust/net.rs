@@ -282,7 +282,9 @@ pub fn recv_batch(
     Ok(n)
 }
 
-/// Receive one datagram into `buf` (truncating it to `buf.len()`, like `recvfrom(n)`).
+/// Receive one datagram into `buf` (truncating it to `buf.len()`, like `recvfrom(n)`),
+/// without waiting: readiness was reported, and if another reader took the datagram first
+/// this fails with `WouldBlock` instead of blocking the serving loop.
 pub fn recv_from(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, PeerAddress)> {
     let (mut storage, mut len) = empty_storage();
     // SAFETY: `buf` is writable for its length; `storage`/`len` as in `accept`.
@@ -291,7 +293,7 @@ pub fn recv_from(socket: RawFd, buf: &mut [u8]) -> io::Result<(usize, PeerAddres
             socket,
             buf.as_mut_ptr() as *mut libc::c_void,
             buf.len(),
-            0,
+            libc::MSG_DONTWAIT,
             &mut storage as *mut _ as *mut libc::sockaddr,
             &mut len,
         )

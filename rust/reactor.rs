@@ -358,6 +358,12 @@ impl Reactor {
             .store(current_thread_id(), Ordering::Release);
         let result = (|| {
             let session = self.open_session(server)?;
+            // A signal that arrived before the wakeup descriptor was in place only left a
+            // flag: look now, or an idle loop would sleep through Ctrl-C.
+            if let Err(err) = py.check_signals() {
+                self.close_session(py, session)?;
+                return Err(err);
+            }
             let (session, served) = if datagram {
                 let mut lp = DatagramLoop::new(self, session, settings, submit);
                 let served = lp.run(server, handler_class);

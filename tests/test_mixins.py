@@ -467,6 +467,9 @@ def test_serving_starts_no_background_os_threads(ss, harness):
     """Forking a multi-threaded process is unsafe: serving must not start threads of its own
     (only the thread the test runs serve_forever() on)."""
     server = harness.server(ss.TCPServer, (LOOPBACK, 0), echo_handler(ss), timeout=0.01)
+    # Threads of earlier tests may still be exiting at the OS level after threading has
+    # forgotten them: start counting once the OS agrees with threading.
+    assert wait_for(lambda: os_threads() == threading.active_count(), timeout=5.0)
     before = os_threads()
     server.handle_request()
     assert os_threads() == before

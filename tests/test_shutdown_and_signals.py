@@ -199,6 +199,7 @@ def test_shutdown_from_a_handler_on_the_serving_thread_does_not_deadlock(rs, har
 
     class Handler(rs.BaseRequestHandler):
         def handle(self):
+            self.request.recv(100)  # take the request, so closing cannot reset the client
             self.server.shutdown()
             self.request.sendall(b"stopping")
 
