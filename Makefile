@@ -1,0 +1,76 @@
+# Everyday tasks for socketserver_rs. `make help` lists them; each target makes what it needs
+# (the virtualenv, the build) first, so `make test` works on a fresh clone.
+
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+RUFF := $(VENV)/bin/ruff
+# The extras of pyproject.toml that the venv gets.
+EXTRAS := test,lint
+MATURIN_DEVELOP := VIRTUAL_ENV="$(abspath $(VENV))" $(VENV)/bin/maturin develop --release --locked --extras $(EXTRAS)
+
+# Stamps: the venv is ready; the extension module is built from the current Rust sources.
+VENV_READY := $(VENV)/.ready
+BUILT := $(VENV)/.built
+RUST_SOURCES := Cargo.toml Cargo.lock pyproject.toml $(shell find rust -name '*.rs' 2>/dev/null)
+
+# Print the dependencies listed under the given extras of pyproject.toml, one a line.
+define LIST_EXTRAS
+import sys, tomllib
+with open("pyproject.toml", "rb") as f:
+    extras = tomllib.load(f)["project"]["optional-dependencies"]
+print("\n".join(dep for name in sys.argv[1].split(",") for dep in extras[name]))
+endef
+export LIST_EXTRAS
+
+.PHONY: help venv build test lint fmt demo bench clean
+
+help: ## Show this list of targets
+	@echo "usage: make TARGET   (PYTHON=$(PYTHON) makes the venv; PYTEST_ARGS, DEMO_ARGS, BENCH_ARGS pass options on)"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+venv: $(VENV_READY) ## Create .venv with maturin and the test and lint extras
+
+$(VENV_READY): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet 'maturin>=1.5,<2'
+	$(PY) -c "$$LIST_EXTRAS" $(EXTRAS) > $(VENV)/extras.txt
+	$(PIP) install --quiet -r $(VENV)/extras.txt
+	touch $@
+
+build: $(VENV_READY) ## Build the Rust extension (release) and install it editable into .venv
+	$(MATURIN_DEVELOP)
+	touch $(BUILT)
+
+$(BUILT): $(VENV_READY) $(RUST_SOURCES)
+	$(MATURIN_DEVELOP)
+	touch $@
+
+test: $(BUILT) ## Run the Rust unit tests (cargo test), then the Python tests (pytest)
+	PYO3_PYTHON="$(abspath $(PY))" cargo test --locked --workspace
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV_READY) ## Check formatting and lints: cargo fmt, cargo clippy, ruff check, ruff format
+	cargo fmt --all --check
+	PYO3_PYTHON="$(abspath $(PY))" cargo clippy --locked --workspace --all-targets -- -D warnings
+	$(RUFF) check .
+	$(RUFF) format --check .
+
+fmt: $(VENV_READY) ## Format Rust and Python sources in place and apply ruff's safe fixes
+	cargo fmt --all
+	$(RUFF) check --fix-only --quiet .
+	$(RUFF) format .
+
+demo: $(BUILT) ## Serve the uppercase echo on TCP and UDP 127.0.0.1:9999 until Ctrl-C
+	$(PY) -m socketserver_rs $(DEMO_ARGS)
+
+bench: $(BUILT) ## Run the benchmarks (benches/run.py)
+	$(PY) benches/run.py $(BENCH_ARGS)
+
+clean: ## Remove build outputs, caches and .venv
+	rm -rf target $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -f python/socketserver_rs/*.so
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
