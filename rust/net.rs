@@ -130,8 +130,8 @@ impl RawAddr {
     }
 }
 
-/// Accept one connection: blocking and close-on-exec, as `socket.accept()` makes it.
-pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, PeerAddress)> {
+/// `accept4` with the given flags for the new descriptor.
+fn accept_with(listener: RawFd, flags: libc::c_int) -> io::Result<(OwnedFd, PeerAddress)> {
     let (mut storage, mut len) = empty_storage();
     // SAFETY: `storage`/`len` describe a writable buffer of the size given.
     let fd = unsafe {
@@ -139,7 +139,7 @@ pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, PeerAddress)> {
             listener,
             &mut storage as *mut _ as *mut libc::sockaddr,
             &mut len,
-            libc::SOCK_CLOEXEC,
+            flags,
         )
     };
     if fd < 0 {
@@ -150,25 +150,15 @@ pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, PeerAddress)> {
     Ok((fd, PeerAddress::decode(&storage, len)))
 }
 
+/// Accept one connection: blocking and close-on-exec, as `socket.accept()` makes it.
+pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, PeerAddress)> {
+    accept_with(listener, libc::SOCK_CLOEXEC)
+}
+
 /// Accept one connection for a reactor: non-blocking and close-on-exec. The listener must be
 /// non-blocking itself (`WouldBlock` once the backlog is empty).
 pub fn accept_nonblocking(listener: RawFd) -> io::Result<(OwnedFd, PeerAddress)> {
-    let (mut storage, mut len) = empty_storage();
-    // SAFETY: as in `accept`.
-    let fd = unsafe {
-        libc::accept4(
-            listener,
-            &mut storage as *mut _ as *mut libc::sockaddr,
-            &mut len,
-            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: accept4 returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok((fd, PeerAddress::decode(&storage, len)))
+    accept_with(listener, libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
 }
 
 /// One `read()`; `Ok(0)` is end of stream.

@@ -13,13 +13,11 @@ and replies are sent through ``send()``, which works from any thread.
 """
 
 import socket
-import sys
-import traceback
 
 from . import _core
 from ._fastpath import default_hook
 from ._pool import Workers
-from ._servers import TCPServer
+from ._servers import TCPServer, print_request_error
 
 __all__ = ["MessageHandler", "ReactorTCPServer", "ReactorUDPServer"]
 
@@ -186,13 +184,7 @@ class _ReactorServer:
     def handle_error(self, handler, client_address):
         """Report an exception from a handler (or from framing its input); the server carries
         on and that connection is closed. Called as if from an ``except`` block."""
-        rule = "-" * 40
-        print(rule, file=sys.stderr)
-        print(
-            "Exception occurred during processing of request from", client_address, file=sys.stderr
-        )
-        traceback.print_exc()
-        print(rule, file=sys.stderr)
+        print_request_error(client_address)
 
     def __enter__(self):
         return self

@@ -15,6 +15,16 @@ from ._fastpath import default_hook
 __all__ = ["BaseServer", "TCPServer", "UDPServer", "UnixDatagramServer", "UnixStreamServer"]
 
 
+def print_request_error(client_address):
+    """Print the exception being handled to ``sys.stderr``, between rules, naming the client:
+    what every server's default ``handle_error()`` does."""
+    rule = "-" * 40
+    print(rule, file=sys.stderr)
+    print("Exception occurred during processing of request from", client_address, file=sys.stderr)
+    traceback.print_exc()
+    print(rule, file=sys.stderr)
+
+
 class BaseServer:
     """The base of every server: the request loop, its hooks and shutdown.
 
@@ -163,13 +173,7 @@ class BaseServer:
 
         The default prints the traceback to ``sys.stderr``. May be overridden.
         """
-        rule = "-" * 40
-        print(rule, file=sys.stderr)
-        print(
-            "Exception occurred during processing of request from", client_address, file=sys.stderr
-        )
-        traceback.print_exc()
-        print(rule, file=sys.stderr)
+        print_request_error(client_address)
 
     def __enter__(self):
         return self
