@@ -4,8 +4,11 @@
 //! `socket.socket`, the engine accepts (stream) or receives (datagram) itself, without the
 //! GIL, and hands Python exactly what `get_request()` would have returned:
 //! `(socket.socket, address)` for streams, `((data, server.socket), address)` for datagrams.
+//! The conversion to Python objects is separate (`Converter`), so that a pooled server's
+//! worker thread can do it instead of the serving thread.
 
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -20,7 +23,7 @@ static SOCKET_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 #[derive(Debug)]
 pub enum Raw {
     Connection(OwnedFd, PeerAddress),
-    Datagram(usize, PeerAddress),
+    Datagram(Vec<u8>, PeerAddress),
 }
 
 /// The GIL-free half: a descriptor and a reusable buffer, nothing from Python.
@@ -45,23 +48,58 @@ impl RawAcquirer {
                 }
                 Ok(Raw::Connection(fd, peer))
             }
-            Some(buffer) => net::recv_from(self.fd, buffer).map(|(n, peer)| Raw::Datagram(n, peer)),
+            Some(buffer) => {
+                let (n, peer) = net::recv_from(self.fd, buffer)?;
+                Ok(Raw::Datagram(buffer[..n].to_vec(), peer))
+            }
         }
     }
 }
 
-/// The Python half: what is needed to turn a `Raw` into `get_request()`'s return value.
+/// The Python half: turns a `Raw` into `get_request()`'s return value.
 #[derive(Debug)]
-pub struct FastPath {
-    pub raw: RawAcquirer,
+pub struct Converter {
     /// `(family, type, proto)` of the listening socket, for `socket.socket(...)`.
     socket_args: (i32, i32, i32),
     server_socket: Py<PyAny>,
 }
 
+impl Converter {
+    /// `(request, client_address)` as `get_request()` returns them.
+    pub fn to_python<'py>(&self, py: Python<'py>, raw: Raw) -> PyResult<Bound<'py, PyTuple>> {
+        match raw {
+            Raw::Connection(fd, peer) => {
+                let class = SOCKET_CLASS.get_or_try_init(py, || {
+                    PyResult::Ok(py.import("socket")?.getattr("socket")?.unbind())
+                })?;
+                let (family, kind, proto) = self.socket_args;
+                // On failure `fd` is dropped here and closed: nothing leaks.
+                let request = class
+                    .bind(py)
+                    .call1((family, kind, proto, fd.as_raw_fd()))?;
+                let _owned_by_python_now = fd.into_raw_fd();
+                PyTuple::new(py, [request, peer_to_python(py, &peer)?])
+            }
+            Raw::Datagram(data, peer) => {
+                let data = PyBytes::new(py, &data);
+                let request =
+                    PyTuple::new(py, [data.into_any(), self.server_socket.bind(py).clone()])?;
+                PyTuple::new(py, [request.into_any(), peer_to_python(py, &peer)?])
+            }
+        }
+    }
+}
+
+/// Both halves, for one serving call.
+#[derive(Debug)]
+pub struct FastPath {
+    pub raw: RawAcquirer,
+    pub converter: Arc<Converter>,
+}
+
 impl FastPath {
-    /// Read the server socket's shape once per serving call. `None` when the fast path does
-    /// not apply (an address family it does not decode, or a socket type it does not serve).
+    /// Read the server socket's shape. `None` when the fast path does not apply (an address
+    /// family it does not decode, or a socket type it does not serve).
     pub fn for_server(server: &Bound<'_, PyAny>) -> PyResult<Option<FastPath>> {
         let socket = server.getattr(pyo3::intern!(server.py(), "socket"))?;
         let family: i32 = socket.getattr("family")?.extract()?;
@@ -88,8 +126,10 @@ impl FastPath {
                 nodelay,
                 datagram_buffer,
             },
-            socket_args: (family, kind, proto),
-            server_socket: socket.unbind(),
+            converter: Arc::new(Converter {
+                socket_args: (family, kind, proto),
+                server_socket: socket.unbind(),
+            }),
         }))
     }
 
@@ -105,30 +145,5 @@ impl FastPath {
             }
         }
         Ok(())
-    }
-
-    /// `(request, client_address)` as `get_request()` returns them.
-    pub fn to_python<'py>(&self, py: Python<'py>, raw: Raw) -> PyResult<Bound<'py, PyTuple>> {
-        match raw {
-            Raw::Connection(fd, peer) => {
-                let class = SOCKET_CLASS.get_or_try_init(py, || {
-                    PyResult::Ok(py.import("socket")?.getattr("socket")?.unbind())
-                })?;
-                let (family, kind, proto) = self.socket_args;
-                // On failure `fd` is dropped here and closed: nothing leaks.
-                let request = class
-                    .bind(py)
-                    .call1((family, kind, proto, fd.as_raw_fd()))?;
-                let _owned_by_python_now = fd.into_raw_fd();
-                PyTuple::new(py, [request, peer_to_python(py, &peer)?])
-            }
-            Raw::Datagram(len, peer) => {
-                let buffer = self.raw.datagram_buffer.as_deref().unwrap_or_default();
-                let data = PyBytes::new(py, &buffer[..len]);
-                let request =
-                    PyTuple::new(py, [data.into_any(), self.server_socket.bind(py).clone()])?;
-                PyTuple::new(py, [request.into_any(), peer_to_python(py, &peer)?])
-            }
-        }
     }
 }

@@ -28,8 +28,6 @@ pub struct DatagramLoop<'r> {
     settings: Settings,
     buffer: Vec<u8>,
     received: Vec<Datagram>,
-    /// The last batch filled up: more may be waiting.
-    more: bool,
     outgoing: VecDeque<(RawAddr, Vec<u8>)>,
     commands: Vec<Command>,
     submit: Option<Py<PyAny>>,
@@ -48,7 +46,6 @@ impl<'r> DatagramLoop<'r> {
             settings,
             buffer: vec![0; settings.max_message_size * DATAGRAM_BATCH],
             received: Vec::with_capacity(DATAGRAM_BATCH),
-            more: false,
             outgoing: VecDeque::new(),
             commands: Vec::new(),
             submit,
@@ -76,33 +73,20 @@ impl<'r> DatagramLoop<'r> {
 
     fn io_half(&mut self) -> std::io::Result<()> {
         self.send_replies();
-        let timeout = if self.more {
-            Some(Duration::ZERO)
-        } else if !self.outgoing.is_empty() {
-            Some(SEND_RETRY)
-        } else {
-            None
-        };
-        if self.more {
-            self.session.poller.rearm()?;
-        }
-        let wakeup = self.session.poller.wait(timeout, true)?;
-        self.more = false;
+        // The socket is watched level-triggered: datagrams left after a full batch make the
+        // next wait return at once.
+        let timeout = (!self.outgoing.is_empty()).then_some(SEND_RETRY);
+        let wakeup = self.session.poller.wait(timeout)?;
         if wakeup.readable {
-            self.session.poller.rearm()?;
             let slot = self.settings.max_message_size;
-            match net::recv_batch(
+            // WouldBlock (another reader was first), EINTR, or an ICMP error reported for an
+            // earlier reply (ECONNREFUSED …): none concerns the datagrams still to come.
+            let _ = net::recv_batch(
                 self.session.listener,
                 &mut self.buffer,
                 slot,
                 &mut self.received,
-            ) {
-                Ok(n) => self.more = n == DATAGRAM_BATCH,
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => self.more = true,
-                // An ICMP error from an earlier reply (ECONNREFUSED …) concerns that peer only.
-                Err(_) => self.more = true,
-            }
+            );
         }
         Ok(())
     }

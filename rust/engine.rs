@@ -6,6 +6,7 @@
 //! by attribute lookup on the server, so overrides always win.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
@@ -19,15 +20,30 @@ use crate::deadline::{AcceptBackoff, Deadline, duration_from_secs, effective_tim
 use crate::errors::os_error;
 use crate::net::is_descriptor_exhaustion;
 use crate::poller::{Poller, PollerSlot, Wakeup};
-use crate::pool::WorkerPool;
+use crate::pool::{WorkItem, WorkerPool};
 use crate::shutdown::ShutdownLatch;
 use crate::signals::SignalWakeup;
+use crate::work_queue::Submitted;
 
 /// How often a `shutdown()` that is waiting for the loop looks for pending signals.
 const SHUTDOWN_SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
 /// `socketserver_rs._fastpath.serving_plan`: whether the engine may acquire requests itself.
 static SERVING_PLAN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// Its answers (see `_fastpath.py`): the engine may accept/receive requests itself …
+const PLAN_FAST: u8 = 1;
+/// … and hand them straight to the worker pool.
+const PLAN_DIRECT: u8 = 2;
+
+/// Why `serve_directly` came back to Python.
+enum DirectExit {
+    /// Shutdown was requested.
+    Stopped,
+    /// The pool needs one more worker thread (already counted).
+    StartWorker,
+    /// A signal, a timeout or an interrupted call: Python should look.
+    Python,
+}
 
 #[pyclass(frozen, module = "socketserver_rs._core")]
 #[derive(Debug, Default)]
@@ -44,16 +60,15 @@ struct Session {
     signals: Option<SignalWakeup>,
     /// Set when the fast path applies (see `refresh_plan`).
     fast: Option<FastPath>,
+    /// The fast path applies, and the server is a stock pool server: requests go from the
+    /// socket to the pool's queue without Python on this thread (see `serve_directly`).
+    direct: bool,
     /// The size of the server's instance `__dict__` when the plan was made: a hook assigned
     /// on the instance while serving changes it, and the plan is made again.
     plan_key: Option<usize>,
     /// The worker pool whose free capacity decides whether to accept (backpressure).
     pool: Option<Py<WorkerPool>>,
     backoff: AcceptBackoff,
-    /// The last wait reported the listener readable: its edge is consumed.
-    needs_rearm: bool,
-    /// The last wait was not listening (back-off or a full pool).
-    was_paused: bool,
 }
 
 impl Engine {
@@ -90,11 +105,10 @@ impl Engine {
             poller,
             signals: Some(signals),
             fast: None,
+            direct: false,
             plan_key: None,
             pool,
             backoff: AcceptBackoff::default(),
-            needs_rearm: false,
-            was_paused: false,
         })
     }
 
@@ -153,12 +167,17 @@ impl Session {
                     .unbind(),
             )
         })?;
-        let fast: bool = plan.call1(py, (server,))?.extract(py)?;
-        self.fast = if fast {
+        let mode: u8 = plan.call1(py, (server,))?.extract(py)?;
+        self.fast = if mode >= PLAN_FAST {
             FastPath::for_server(server)?
         } else {
             None
         };
+        self.direct = false;
+        if let (Some(fast), Some(pool), PLAN_DIRECT) = (&self.fast, &self.pool, mode) {
+            pool.get().set_converter(Arc::clone(&fast.converter));
+            self.direct = true;
+        }
         self.plan_key = Some(key);
         Ok(())
     }
@@ -173,25 +192,18 @@ impl Session {
                 .pool
                 .as_ref()
                 .is_none_or(|pool| pool.get().queue().admit());
-        // mio is edge-triggered: ask the kernel to report a still-readable listener again
-        // after we consumed its readiness, or when listening resumes after a pause (events
-        // during the pause were ignored). Not while paused: that would report it at once,
-        // again and again, and spin. A failure means the socket was closed under us (a
-        // handler called server_close()): it has left the epoll set, and the loop goes on
-        // waiting for shutdown() like the stdlib's.
-        if listening && (self.needs_rearm || self.was_paused) {
-            let _ = self.poller.rearm();
-        }
+        // A failure means the socket was closed under us (a handler called server_close()):
+        // it has left the epoll set, and the loop goes on waiting for shutdown() like the
+        // stdlib's.
+        let _ = self.poller.set_listening(listening);
         let timeout = match self.backoff.remaining() {
             Some(pause) => Some(timeout.map_or(pause, |t| t.min(pause))),
             None => timeout,
         };
         let poller = &mut self.poller;
         let wakeup = py
-            .detach(move || poller.wait(timeout, listening))
+            .detach(move || poller.wait(timeout))
             .map_err(|e| os_error(&e))?;
-        self.needs_rearm = wakeup.readable;
-        self.was_paused = !listening;
         py.check_signals()?;
         Ok(wakeup)
     }
@@ -212,7 +224,7 @@ impl Session {
                 match py.detach(move || raw.acquire()) {
                     Ok(raw) => {
                         self.backoff.succeeded();
-                        let args = fast.to_python(py, raw)?;
+                        let args = fast.converter.to_python(py, raw)?;
                         let served = server.call_method1(intern!(py, "_rs_serve_acquired"), args);
                         // As get_request() would, the next datagram uses the current size.
                         fast.follow_packet_size(server)?;
@@ -237,6 +249,67 @@ impl Session {
         };
         self.note_failure(failure);
         Ok(py.None().into_bound(py))
+    }
+
+    /// Pool servers with every hook stock: accept (or receive) and queue raw requests for
+    /// the workers without the GIL, for as long as nothing needs Python. The workers turn
+    /// them into sockets and addresses and call `process_request_thread()`, which is what
+    /// `verify_request()` (always true) and `process_request()` (submit) would have led to.
+    fn serve_directly(
+        &mut self,
+        engine: &Engine,
+        server: &Bound<'_, PyAny>,
+        interval: Option<Duration>,
+    ) -> PyResult<()> {
+        let py = server.py();
+        let (Some(pool), Some(fast)) = (&self.pool, &mut self.fast) else {
+            return Ok(());
+        };
+        let queue = pool.get().queue();
+        let latch = &engine.latch;
+        let (poller, raw, backoff) = (&mut self.poller, &mut fast.raw, &mut self.backoff);
+        let exit = py
+            .detach(|| -> io::Result<DirectExit> {
+                loop {
+                    if latch.is_requested() {
+                        return Ok(DirectExit::Stopped);
+                    }
+                    let _ = poller.set_listening(!backoff.is_paused() && queue.admit());
+                    let timeout = match backoff.remaining() {
+                        Some(pause) => Some(interval.map_or(pause, |t| t.min(pause))),
+                        None => interval,
+                    };
+                    let wakeup = poller.wait(timeout)?;
+                    if wakeup.signalled || !(wakeup.readable || wakeup.woken) {
+                        return Ok(DirectExit::Python);
+                    }
+                    if !wakeup.readable {
+                        continue; // a worker freed up, or shutdown: both are looked at above
+                    }
+                    match raw.acquire() {
+                        Ok(item) => {
+                            backoff.succeeded();
+                            // A closed pool (server_close() under us) drops the connection.
+                            if let Ok(Submitted::StartWorker) = queue.submit(WorkItem::Raw(item)) {
+                                return Ok(DirectExit::StartWorker);
+                            }
+                        }
+                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {
+                            return Ok(DirectExit::Python);
+                        }
+                        Err(err) if is_descriptor_exhaustion(&err) => backoff.failed(),
+                        Err(_) => backoff.succeeded(), // as get_request(): this client only
+                    }
+                }
+            })
+            .map_err(|e| os_error(&e))?;
+        py.check_signals()?;
+        if let DirectExit::StartWorker = exit {
+            server
+                .getattr(intern!(py, "_rs_workers"))?
+                .call_method0(intern!(py, "start_worker"))?;
+        }
+        Ok(())
     }
 
     /// Back off from a listener that failed for lack of descriptors; reset otherwise.
@@ -270,6 +343,12 @@ impl Engine {
         self.latch.begin_serving();
         let result = self.with_session(server, pool, |session| {
             while !self.latch.is_requested() {
+                session.refresh_plan(server)?;
+                if session.direct {
+                    // service_actions() is the stock no-op here: nothing to call.
+                    session.serve_directly(self, server, interval)?;
+                    continue;
+                }
                 let wakeup = session.wait(server, interval)?;
                 if self.latch.is_requested() {
                     break;

@@ -1,9 +1,12 @@
 //! Readiness waiting: one mio `Poll` per process, with a `Waker` for `shutdown()` and a
 //! socket pair that Python's C signal handler writes to (`signal.set_wakeup_fd`).
 //!
-//! mio is edge-triggered while socketserver is level-triggered (one request per wakeup), so a
-//! watched descriptor is re-armed with `EPOLL_CTL_MOD` after every wakeup that reported it:
-//! the kernel then reports it again if it is still readable and queued clients never starve.
+//! mio registers descriptors edge-triggered, while socketserver serves one request per wakeup
+//! and relies on level-triggered readiness (`poll()`): with an edge-triggered listener, clients
+//! still queued after one is accepted would never be reported again. So the listening
+//! descriptor is registered level-triggered, directly on mio's epoll instance; it is reported
+//! on every wait while a client waits in the backlog, and its interest is switched off while
+//! accepting is paused (back-off, full pool). The caller's other sources go through mio.
 //! This file needs no Python and is tested with `cargo test`.
 
 use std::io::{self, Read};
@@ -51,8 +54,15 @@ pub struct Poller {
     ready: Vec<Ready>,
     signal_rx: UnixStream,
     signal_tx: UnixStream,
-    watched: Option<RawFd>,
+    watched: Option<Watched>,
     owner_pid: u32,
+}
+
+/// The listening descriptor and whether its readiness is asked for.
+#[derive(Debug, Clone, Copy)]
+struct Watched {
+    fd: RawFd,
+    listening: bool,
 }
 
 impl Poller {
@@ -96,33 +106,53 @@ impl Poller {
         self.signal_tx.as_raw_fd()
     }
 
-    /// Watch `fd` for readability, replacing any previously watched descriptor.
+    /// `epoll_ctl` on mio's epoll instance for the watched descriptor, level-triggered.
+    fn control_watched(&self, op: libc::c_int, fd: RawFd, listening: bool) -> io::Result<()> {
+        let events = if listening { libc::EPOLLIN as u32 } else { 0 };
+        let mut event = libc::epoll_event {
+            events,
+            u64: WATCHED.0 as u64,
+        };
+        // SAFETY: a valid epoll descriptor (owned by `self.poll`) and a valid event struct.
+        let rc = unsafe { libc::epoll_ctl(self.poll.as_raw_fd(), op, fd, &mut event) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Watch `fd` for readability (level-triggered), replacing any watched descriptor.
     pub fn watch(&mut self, fd: RawFd) -> io::Result<()> {
         self.unwatch();
-        self.poll
-            .registry()
-            .register(&mut SourceFd(&fd), WATCHED, Interest::READABLE)?;
-        self.watched = Some(fd);
+        self.control_watched(libc::EPOLL_CTL_ADD, fd, true)?;
+        self.watched = Some(Watched {
+            fd,
+            listening: true,
+        });
         Ok(())
     }
 
     /// Stop watching. The descriptor may already be closed, so failures are ignored: a closed
     /// descriptor has left the epoll set by itself.
     pub fn unwatch(&mut self) {
-        if let Some(fd) = self.watched.take() {
-            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        if let Some(watched) = self.watched.take() {
+            let _ = self.control_watched(libc::EPOLL_CTL_DEL, watched.fd, false);
         }
     }
 
-    /// Ask the kernel to report the watched descriptor again if it is still readable.
-    pub fn rearm(&mut self) -> io::Result<()> {
+    /// Ask for the watched descriptor's readiness, or not (accepting paused). A no-op when
+    /// nothing changes, so callers may say it before every wait.
+    pub fn set_listening(&mut self, listening: bool) -> io::Result<()> {
         match self.watched {
-            Some(fd) => {
-                self.poll
-                    .registry()
-                    .reregister(&mut SourceFd(&fd), WATCHED, Interest::READABLE)
+            Some(watched) if watched.listening != listening => {
+                self.watched = Some(Watched {
+                    listening,
+                    ..watched
+                });
+                self.control_watched(libc::EPOLL_CTL_MOD, watched.fd, listening)
             }
-            None => Ok(()),
+            _ => Ok(()),
         }
     }
 
@@ -145,9 +175,9 @@ impl Poller {
         &self.ready
     }
 
-    /// Wait until something happens or `timeout` passes (`None`: no limit). With `listen`
-    /// false, readiness of the watched descriptor is not reported (accepting is paused).
-    pub fn wait(&mut self, timeout: Option<Duration>, listen: bool) -> io::Result<Wakeup> {
+    /// Wait until something happens or `timeout` passes (`None`: no limit).
+    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<Wakeup> {
+        let listening = self.watched.is_some_and(|w| w.listening);
         let mut wakeup = Wakeup::default();
         self.ready.clear();
         match self.poll.poll(&mut self.events, timeout) {
@@ -160,7 +190,7 @@ impl Poller {
         }
         for event in &self.events {
             match event.token() {
-                WATCHED => wakeup.readable |= listen,
+                WATCHED => wakeup.readable |= listening,
                 WAKER => wakeup.woken = true,
                 SIGNALS => wakeup.signalled = true,
                 Token(token) => self.ready.push(Ready {
@@ -275,7 +305,7 @@ mod tests {
     fn times_out_when_nothing_happens() {
         let mut poller = Poller::new().unwrap();
         let started = Instant::now();
-        let wakeup = poller.wait(SHORT, true).unwrap();
+        let wakeup = poller.wait(SHORT).unwrap();
         assert!(wakeup.timed_out());
         assert!(started.elapsed() >= Duration::from_millis(40));
     }
@@ -288,7 +318,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             waker.wake().unwrap();
         });
-        let wakeup = poller.wait(None, true).unwrap();
+        let wakeup = poller.wait(None).unwrap();
         assert!(wakeup.woken);
         thread.join().unwrap();
     }
@@ -298,13 +328,13 @@ mod tests {
         let mut poller = Poller::new().unwrap();
         let mut tx = poller.signal_tx.try_clone().unwrap();
         tx.write_all(&[2, 2, 2]).unwrap();
-        assert!(poller.wait(SHORT, true).unwrap().signalled);
+        assert!(poller.wait(SHORT).unwrap().signalled);
         // Drained: the next wait times out instead of reporting the same bytes again.
-        assert!(poller.wait(SHORT, true).unwrap().timed_out());
+        assert!(poller.wait(SHORT).unwrap().timed_out());
     }
 
     #[test]
-    fn queued_clients_are_reported_once_per_rearm() {
+    fn queued_clients_are_reported_until_all_are_accepted() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let clients: Vec<_> = (0..3)
@@ -313,12 +343,11 @@ mod tests {
         let mut poller = Poller::new().unwrap();
         poller.watch(listener.as_raw_fd()).unwrap();
         for _ in 0..clients.len() {
-            assert!(poller.wait(SHORT, true).unwrap().readable);
+            assert!(poller.wait(SHORT).unwrap().readable);
+            // Level-triggered: the clients still queued are reported on the next wait.
             listener.accept().unwrap();
-            // Edge-triggered: without a re-arm the still-queued clients would not be reported.
-            poller.rearm().unwrap();
         }
-        assert!(poller.wait(SHORT, true).unwrap().timed_out());
+        assert!(poller.wait(SHORT).unwrap().timed_out());
     }
 
     #[test]
@@ -327,9 +356,13 @@ mod tests {
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let mut poller = Poller::new().unwrap();
         poller.watch(listener.as_raw_fd()).unwrap();
-        assert!(!poller.wait(SHORT, false).unwrap().readable);
-        poller.rearm().unwrap();
-        assert!(poller.wait(SHORT, true).unwrap().readable);
+        poller.set_listening(false).unwrap();
+        assert!(
+            poller.wait(SHORT).unwrap().timed_out(),
+            "paused: no wakeup at all"
+        );
+        poller.set_listening(true).unwrap();
+        assert!(poller.wait(SHORT).unwrap().readable);
     }
 
     #[test]
@@ -341,7 +374,7 @@ mod tests {
             .unwrap();
         let mut poller = poller;
         b.write_all(b"x").unwrap();
-        poller.wait(SHORT, true).unwrap();
+        poller.wait(SHORT).unwrap();
         assert_eq!(poller.ready().len(), 1);
         assert_eq!(poller.ready()[0].source, 7);
         assert!(poller.ready()[0].readable);
@@ -349,7 +382,7 @@ mod tests {
         poller
             .reregister(a.as_raw_fd(), 7, Interest::READABLE)
             .unwrap();
-        poller.wait(SHORT, true).unwrap();
+        poller.wait(SHORT).unwrap();
         assert!(poller.ready()[0].closed);
     }
 
@@ -358,7 +391,7 @@ mod tests {
         let slot = PollerSlot::default();
         let mut poller = slot.take().unwrap();
         slot.wake().unwrap();
-        assert!(poller.wait(SHORT, true).unwrap().woken);
+        assert!(poller.wait(SHORT).unwrap().woken);
         let fd = poller.signal_write_fd();
         slot.put_back(poller);
         assert_eq!(slot.take().unwrap().signal_write_fd(), fd);
@@ -370,8 +403,8 @@ mod tests {
         let mut first = slot.take().unwrap();
         let mut second = slot.take().unwrap();
         slot.wake().unwrap();
-        assert!(first.wait(SHORT, true).unwrap().woken);
-        assert!(second.wait(SHORT, true).unwrap().woken);
+        assert!(first.wait(SHORT).unwrap().woken);
+        assert!(second.wait(SHORT).unwrap().woken);
         slot.put_back(first);
         slot.put_back(second); // one is kept, the other dropped with its waker
         assert_eq!(slot.wakers().len(), 1);
@@ -384,6 +417,6 @@ mod tests {
         poller.watch(listener.as_raw_fd()).unwrap();
         drop(listener);
         poller.unwatch();
-        assert!(poller.wait(SHORT, true).unwrap().timed_out());
+        assert!(poller.wait(SHORT).unwrap().timed_out());
     }
 }

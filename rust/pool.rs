@@ -1,24 +1,47 @@
 //! `WorkerPool`: the Python face of `WorkQueue`, carrying `(request, client_address)` pairs
-//! from the serving loop to pooled `threading.Thread` workers.
+//! from the serving loop to pooled `threading.Thread` workers. Items are either ready Python
+//! objects or, when the engine serves a pool without calling Python per request, connections
+//! and datagrams straight from the socket, which the worker turns into Python objects.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
+use crate::acquire::{Converter, Raw};
 use crate::deadline::duration_from_secs;
 use crate::work_queue::{Submitted, WorkQueue};
+
+/// One unit of work for a worker.
+#[derive(Debug)]
+pub enum WorkItem {
+    /// Arguments for the worker's Python callable, made by Python.
+    Ready(Py<PyAny>),
+    /// A connection or datagram the engine took off the socket, not yet seen by Python.
+    Raw(Raw),
+}
 
 // `weakref`: open pools are tracked in a WeakSet so interpreter exit can close them.
 #[pyclass(frozen, weakref, module = "socketserver_rs._core")]
 #[derive(Debug)]
 pub struct WorkerPool {
-    queue: WorkQueue<Py<PyAny>>,
+    queue: WorkQueue<WorkItem>,
+    /// Turns `WorkItem::Raw` into `(request, client_address)`; set by the engine.
+    converter: Mutex<Option<Arc<Converter>>>,
 }
 
 impl WorkerPool {
-    pub fn queue(&self) -> &WorkQueue<Py<PyAny>> {
+    pub fn queue(&self) -> &WorkQueue<WorkItem> {
         &self.queue
+    }
+
+    /// How workers are to turn raw items from this server's socket into Python objects.
+    pub fn set_converter(&self, converter: Arc<Converter>) {
+        *self
+            .converter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(converter);
     }
 }
 
@@ -28,13 +51,14 @@ impl WorkerPool {
     fn new(max_workers: usize) -> Self {
         WorkerPool {
             queue: WorkQueue::new(max_workers),
+            converter: Mutex::new(None),
         }
     }
 
     /// Queue an item for a worker. Returns True when the caller must start one more worker
     /// thread (then it is already counted; call `worker_gone()` if starting it fails).
     fn submit(&self, item: Py<PyAny>) -> PyResult<bool> {
-        match self.queue.submit(item) {
+        match self.queue.submit(WorkItem::Ready(item)) {
             Ok(submitted) => Ok(submitted == Submitted::StartWorker),
             Err(_) => Err(PyRuntimeError::new_err("the worker pool is closed")),
         }
@@ -43,9 +67,21 @@ impl WorkerPool {
     /// The next item for the calling worker, waiting without the GIL; None means exit (the
     /// pool is closed and drained, or the worker was idle for `idle_timeout` seconds).
     #[pyo3(signature = (idle_timeout=None))]
-    fn take(&self, py: Python<'_>, idle_timeout: Option<f64>) -> Option<Py<PyAny>> {
+    fn take(&self, py: Python<'_>, idle_timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
         let idle_timeout = duration_from_secs(idle_timeout).unwrap_or(Duration::MAX);
-        py.detach(|| self.queue.take(idle_timeout))
+        match py.detach(|| self.queue.take(idle_timeout)) {
+            None => Ok(None),
+            Some(WorkItem::Ready(item)) => Ok(Some(item)),
+            Some(WorkItem::Raw(raw)) => {
+                let converter = self
+                    .converter
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+                    .ok_or_else(|| PyRuntimeError::new_err("raw work without a converter"))?;
+                Ok(Some(converter.to_python(py, raw)?.into_any().unbind()))
+            }
+        }
     }
 
     /// A counted worker will take no more items (it failed to start, or an exception ended

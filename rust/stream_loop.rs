@@ -74,9 +74,7 @@ pub struct StreamLoop<'r> {
     /// Connections whose waiting messages may be handled (or submitted) now.
     to_resume: Vec<usize>,
     backoff: AcceptBackoff,
-    /// The listener's readiness was consumed (or room freed up): ask for it again.
-    rearm_listener: bool,
-    was_paused: bool,
+
     next_idle_check: Option<Instant>,
 }
 
@@ -106,8 +104,7 @@ impl<'r> StreamLoop<'r> {
             submit,
             to_resume: Vec::new(),
             backoff: AcceptBackoff::default(),
-            rearm_listener: false,
-            was_paused: false,
+
             next_idle_check: None,
         };
         // Connections kept from an earlier call: the poller may be a new one (after fork).
@@ -177,14 +174,9 @@ impl<'r> StreamLoop<'r> {
         } else {
             Some(Duration::ZERO)
         };
-        // Re-arming while not listening would report a waiting client at once, every turn.
-        if listening && (self.rearm_listener || self.was_paused) {
-            self.session.poller.rearm()?;
-            self.rearm_listener = false;
-        }
-        let wakeup = self.session.poller.wait(timeout, listening)?;
-        self.rearm_listener |= wakeup.readable;
-        self.was_paused = !listening;
+        // A failure means the listener was closed under us; nothing more will be accepted.
+        let _ = self.session.poller.set_listening(listening);
+        let wakeup = self.session.poller.wait(timeout)?;
         if wakeup.readable {
             self.accept_batch();
         }
@@ -644,7 +636,6 @@ impl<'r> StreamLoop<'r> {
                 continue;
             }
             let conn = self.conns.remove(slot).expect("checked above");
-            self.rearm_listener = true; // room for one more, if we were at max_connections
             if let Err(err) = finish(server, &conn.handler) {
                 result = result.and(Err(err));
             }
@@ -666,12 +657,11 @@ impl<'r> StreamLoop<'r> {
             if !pending || left.is_zero() {
                 return;
             }
-            if self
-                .session
-                .poller
-                .wait(Some(left.min(Duration::from_millis(50))), false)
-                .is_err()
-            {
+            let poller = &mut self.session.poller;
+            let waited = poller
+                .set_listening(false)
+                .and_then(|()| poller.wait(Some(left.min(Duration::from_millis(50)))));
+            if waited.is_err() {
                 return;
             }
             self.to_flush

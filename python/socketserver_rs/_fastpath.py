@@ -8,36 +8,55 @@ attribute lookups per serving call and works for any subclass or mixin order.
 """
 
 import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 # The hooks on the path from "socket readable" to "request in hand".
 _ACQUIRING_HOOKS = ("fileno", "get_request", "_handle_request_noblock")
 _MARK = "_socketserver_rs_default"
 
+_Hook = TypeVar("_Hook", bound=Callable[..., Any])
 
-def default_hook(kind=True):
+
+def default_hook(kind: object = True) -> Callable[[_Hook], _Hook]:
     """Mark a hook as the stock implementation. For ``get_request`` ``kind`` is the socket
     type it reads (``SOCK_STREAM`` accepts, ``SOCK_DGRAM`` receives)."""
 
-    def mark(function):
+    def mark(function: _Hook) -> _Hook:
         setattr(function, _MARK, kind)
         return function
 
     return mark
 
 
-def _stock(server, name):
+def _stock(server: object, name: str) -> object:
     """The marker of ``server``'s hook ``name``, or None if the hook is not the stock one."""
     if name in getattr(server, "__dict__", ()):
         return None
     return getattr(getattr(type(server), name, None), _MARK, None)
 
 
-def serving_plan(server):
-    """Whether the engine may acquire ``server``'s requests itself. The engine asks at the
-    start of a serving call and again whenever the server's instance attributes change (a
-    hook assigned on the instance while serving)."""
+# serving_plan's answers, as the engine knows them.
+SLOW, FAST, DIRECT = 0, 1, 2
+
+
+def serving_plan(server: object) -> int:
+    """How the engine may serve ``server``: ``SLOW`` (call ``_handle_request_noblock()``),
+    ``FAST`` (accept or receive in Rust, then call the Python hooks) or ``DIRECT`` (a pool
+    server whose ``verify_request``, ``process_request`` and ``service_actions`` are stock:
+    requests go from the socket to the pool's workers with no Python on the serving thread).
+
+    The engine asks at the start of a serving call and again whenever the server's instance
+    attributes change (a hook assigned on the instance while serving)."""
     kinds = [_stock(server, name) for name in _ACQUIRING_HOOKS]
     if None in kinds:
-        return False
+        return SLOW
     sock = getattr(server, "socket", None)
-    return type(sock) is socket.socket and sock.type == kinds[1]
+    if type(sock) is not socket.socket or sock.type != kinds[1]:
+        return SLOW
+    direct = (
+        _stock(server, "process_request") == "pool"
+        and _stock(server, "verify_request") is not None
+        and _stock(server, "service_actions") is not None
+    )
+    return DIRECT if direct else FAST

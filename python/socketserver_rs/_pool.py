@@ -12,51 +12,77 @@ import os
 import socket
 import threading
 import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from . import _core
-from ._servers import TCPServer, UDPServer
+from ._fastpath import default_hook
+from ._servers import BaseServer, TCPServer, UDPServer
+
+# The stdlib-named hooks (process_request …) take PEP 484 type comments, as in _servers.py,
+# so that their runtime signatures stay the stdlib's; the rest is annotated. Ruff does not
+# read type comments: hence the noqa on an import only they use.
+if TYPE_CHECKING:
+    from ._servers import Address  # noqa: F401
+
+    # Seen as a server by type checkers (the hooks it calls are checked); a plain class at
+    # run time, like the stdlib's mixins.
+    _MixInBase = BaseServer
+else:
+    _MixInBase = object
 
 __all__ = ["ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer"]
 
 # Idle non-daemon workers would hold up interpreter exit until they retire, so every pool
 # still open is closed when the interpreter starts shutting down; running work finishes.
-_open_pools = weakref.WeakSet()
+_open_pools: weakref.WeakSet[_core.WorkerPool] = weakref.WeakSet()
 
 
-def _close_open_pools():
+def _close_open_pools() -> None:
     for pool in list(_open_pools):
         pool.close()
 
 
 # The hook that runs before non-daemon threads are joined (concurrent.futures uses it too).
-threading._register_atexit(_close_open_pools)
+threading._register_atexit(_close_open_pools)  # type: ignore[attr-defined]
 
 
 class Workers:
     """A ``WorkerPool`` queue and the threads serving it: each queued item is a tuple of
     arguments for ``serve``, called on a worker thread."""
 
-    def __init__(self, serve, max_workers, idle_timeout, daemon):
+    def __init__(
+        self,
+        serve: Callable[..., object],
+        max_workers: int,
+        idle_timeout: float | None,
+        daemon: bool,
+    ) -> None:
         self.pool = _core.WorkerPool(max_workers)
-        self.threads = set()
+        self.threads: set[threading.Thread] = set()
         self._serve = serve
         self._idle_timeout = idle_timeout
         self._daemon = daemon
         _open_pools.add(self.pool)
 
-    def submit(self, item):
+    def submit(self, item: tuple[Any, ...]) -> None:
         """Queue ``item``, starting a worker if the pool may and needs to grow."""
         if self.pool.submit(item):
-            thread = threading.Thread(target=self._work, daemon=self._daemon)
-            self.threads.add(thread)
-            try:
-                thread.start()
-            except BaseException:
-                self.threads.discard(thread)
-                self.pool.worker_gone()
-                raise
+            self.start_worker()
 
-    def _work(self):
+    def start_worker(self) -> None:
+        """Start the worker thread the pool just counted (the engine calls this too, when it
+        queues requests itself)."""
+        thread = threading.Thread(target=self._work, daemon=self._daemon)
+        self.threads.add(thread)
+        try:
+            thread.start()
+        except BaseException:
+            self.threads.discard(thread)
+            self.pool.worker_gone()
+            raise
+
+    def _work(self) -> None:
         """A worker's life: serve queued items until idle too long or the pool closes."""
         pool = self.pool
         try:
@@ -71,7 +97,7 @@ class Workers:
         finally:
             self.threads.discard(threading.current_thread())
 
-    def close(self, wait):
+    def close(self, wait: bool) -> None:
         """Take no more work; with ``wait``, join the workers once the queue is done."""
         self.pool.close()
         if wait:
@@ -79,7 +105,7 @@ class Workers:
                 thread.join()
 
 
-class ThreadPoolMixIn:
+class ThreadPoolMixIn(_MixInBase):
     """Serve each request on a pooled worker thread.
 
     ``max_workers``: the most requests served at once (for stream servers, the most
@@ -89,13 +115,13 @@ class ThreadPoolMixIn:
     ``server_close()`` waits for queued and running requests when ``block_on_close`` is true.
     """
 
-    max_workers = min(64, 8 * (os.cpu_count() or 1) + 16)
-    worker_idle_timeout = 10.0
-    daemon_threads = False
-    block_on_close = True
+    max_workers: int = min(64, 8 * (os.cpu_count() or 1) + 16)
+    worker_idle_timeout: float | None = 10.0
+    daemon_threads: bool = False
+    block_on_close: bool = True
 
     @property
-    def _rs_workers(self):
+    def _rs_workers(self) -> Workers:
         # Made on first use: mixins get no say in the server's __init__ arguments.
         workers = vars(self).get("_rs_workers")
         if workers is None:
@@ -108,15 +134,18 @@ class ThreadPoolMixIn:
         return workers
 
     @property
-    def _rs_worker_pool(self):
+    def _rs_worker_pool(self) -> _core.WorkerPool:
         """The queue the engine consults before accepting (backpressure)."""
         return self._rs_workers.pool
 
+    @default_hook("pool")
     def process_request(self, request, client_address):
+        # type: (Any, Address) -> None
         """Hand the request to a worker, starting one if the pool may grow."""
         self._rs_workers.submit((request, client_address))
 
     def process_request_thread(self, request, client_address):
+        # type: (Any, Address) -> None
         """Serve one request on a worker: ``finish_request()`` with error handling."""
         try:
             self.finish_request(request, client_address)
@@ -126,6 +155,7 @@ class ThreadPoolMixIn:
             self.shutdown_request(request)
 
     def server_close(self):
+        # type: () -> None
         """Close the server and the pool; with ``block_on_close``, wait for the workers to
         finish the queued and running requests."""
         super().server_close()
@@ -135,11 +165,11 @@ class ThreadPoolMixIn:
 
 
 class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer):
-    pass
+    """A TCP server that serves each connection on a pooled worker thread."""
 
 
 class ThreadPoolUDPServer(ThreadPoolMixIn, UDPServer):
-    pass
+    """A UDP server that handles each datagram on a pooled worker thread."""
 
 
 if hasattr(socket, "AF_UNIX"):
@@ -148,7 +178,7 @@ if hasattr(socket, "AF_UNIX"):
     __all__ += ["ThreadPoolUnixDatagramServer", "ThreadPoolUnixStreamServer"]
 
     class ThreadPoolUnixStreamServer(ThreadPoolMixIn, UnixStreamServer):
-        pass
+        """A Unix-domain stream server that serves each connection on a pooled worker."""
 
     class ThreadPoolUnixDatagramServer(ThreadPoolMixIn, UnixDatagramServer):
-        pass
+        """A Unix-domain datagram server that handles each datagram on a pooled worker."""

@@ -8,14 +8,32 @@ in the same order) and hand every wait to a Rust ``Engine``: ``serve_forever()``
 import socket
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 from . import _core
 from ._fastpath import default_hook
+
+# Types are given in PEP 484 type comments in this module (and in _mixins and _handlers):
+# the classes here stand in for the stdlib's, whose methods carry no annotations, and
+# `inspect.signature()` of every method must stay equal to the stdlib's (tests/test_api.py).
+# Ruff does not read type comments: hence the noqa on imports only they use.
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Self, TypeAlias  # noqa: F401
+
+    # An address as the socket module takes and returns it: (host, port) or an IPv6
+    # 4-tuple, a path (str or bytes) for Unix sockets, None for an unbound datagram peer.
+    Address: TypeAlias = Any
+    # Whatever is called as RequestHandlerClass(request, client_address, server). Loose on
+    # purpose: the stdlib's own handlers (http.server's …) are typed against the stdlib's
+    # BaseServer, and must still be accepted.
+    HandlerFactory: TypeAlias = Callable[..., object]
 
 __all__ = ["BaseServer", "TCPServer", "UDPServer", "UnixDatagramServer", "UnixStreamServer"]
 
 
 def print_request_error(client_address):
+    # type: (Address) -> None
     """Print the exception being handled to ``sys.stderr``, between rules, naming the client:
     what every server's default ``handle_error()`` does."""
     rule = "-" * 40
@@ -60,10 +78,15 @@ class BaseServer:
     of subclass and mixin names (``xmlrpc.server``'s dispatcher has a ``_dispatch``, say).
     """
 
-    timeout = None
+    timeout = None  # type: float | None
+
+    if TYPE_CHECKING:
+        # Provided by subclasses (TCPServer and UDPServer define them), as in the stdlib.
+        def get_request(self) -> tuple[Any, Address]: ...
 
     def __init__(self, server_address, RequestHandlerClass):
-        self.server_address = server_address
+        # type: (Address, HandlerFactory) -> None
+        self.server_address = server_address  # type: Address
         self.RequestHandlerClass = RequestHandlerClass
         self._rs_engine = _core.Engine()
 
@@ -71,16 +94,20 @@ class BaseServer:
     # at it keeps working because it is the engine's flag under the same name.
     @property
     def __shutdown_request(self):
+        # type: () -> bool
         return self._rs_engine.shutdown_requested
 
     @__shutdown_request.setter
     def __shutdown_request(self, value):
+        # type: (object) -> None
         self._rs_engine.shutdown_requested = bool(value)
 
     def server_activate(self):
+        # type: () -> None
         """Called by the constructor to start listening. May be overridden."""
 
     def serve_forever(self, poll_interval=0.5):
+        # type: (float | None) -> None
         """Serve one request at a time until ``shutdown()`` is called.
 
         The wait happens in Rust with the GIL released and ends as soon as ``shutdown()`` is
@@ -91,6 +118,7 @@ class BaseServer:
         self._rs_engine.serve_forever(self, poll_interval, getattr(self, "_rs_worker_pool", None))
 
     def shutdown(self):
+        # type: () -> None
         """Stop ``serve_forever()`` and wait until it has stopped.
 
         Called from another thread it returns as soon as the loop has ended. Called from the
@@ -99,13 +127,16 @@ class BaseServer:
         """
         self._rs_engine.shutdown()
 
+    @default_hook()
     def service_actions(self):
+        # type: () -> None
         """Called by ``serve_forever()`` after each request and on idle wakeups.
 
         May be overridden by a subclass or mixin to do periodic work, such as reaping children.
         """
 
     def handle_request(self):
+        # type: () -> object
         """Wait for one request and serve it.
 
         Waits at most ``min(self.socket.gettimeout(), self.timeout)`` (either may be None) and
@@ -115,6 +146,7 @@ class BaseServer:
 
     @default_hook()
     def _handle_request_noblock(self):
+        # type: () -> None
         """Serve the request the socket has ready; the engine calls this when it is readable.
 
         An ``OSError`` from ``get_request()`` is swallowed, as in the stdlib, but its errno is
@@ -129,6 +161,7 @@ class BaseServer:
         self._rs_serve_acquired(request, client_address)
 
     def _rs_serve_acquired(self, request, client_address):
+        # type: (Any, Address) -> None
         """Verify and process an acquired request; the engine's fast path calls this."""
         if not self.verify_request(request, client_address):
             self.shutdown_request(request)
@@ -143,32 +176,41 @@ class BaseServer:
             raise
 
     def handle_timeout(self):
+        # type: () -> None
         """Called when ``handle_request()`` times out. May be overridden."""
 
+    @default_hook()
     def verify_request(self, request, client_address):
+        # type: (Any, Address) -> bool
         """Return True to serve the request, False to drop it. May be overridden."""
         return True
 
     def process_request(self, request, client_address):
+        # type: (Any, Address) -> None
         """Handle the request, then shut it down. Overridden by the mixins."""
         self.finish_request(request, client_address)
         self.shutdown_request(request)
 
     def server_close(self):
+        # type: () -> None
         """Clean up the server. May be overridden."""
 
     def finish_request(self, request, client_address):
+        # type: (Any, Address) -> None
         """Handle the request by instantiating ``RequestHandlerClass``."""
         self.RequestHandlerClass(request, client_address, self)
 
     def shutdown_request(self, request):
+        # type: (Any) -> None
         """End one request explicitly and clean up after it."""
         self.close_request(request)
 
     def close_request(self, request):
+        # type: (Any) -> None
         """Clean up after one request."""
 
     def handle_error(self, request, client_address):
+        # type: (Any, Address) -> None
         """Report an exception raised while processing a request, then carry on serving.
 
         The default prints the traceback to ``sys.stderr``. May be overridden.
@@ -176,9 +218,13 @@ class BaseServer:
         print_request_error(client_address)
 
     def __enter__(self):
+        # type: () -> Self
+        """The server itself; leaving the ``with`` block calls ``server_close()``."""
         return self
 
     def __exit__(self, *exc_info):
+        # type: (*object) -> None
+        """Call ``server_close()``; exceptions from the block propagate."""
         self.server_close()
 
 
@@ -201,14 +247,15 @@ class TCPServer(BaseServer):
       ~40 ms by Nagle's algorithm waiting for a delayed ACK. Set it to False to keep Nagle.
     """
 
-    address_family = socket.AF_INET
-    socket_type = socket.SOCK_STREAM
-    request_queue_size = socket.SOMAXCONN
-    allow_reuse_address = False
-    allow_reuse_port = False
-    tcp_nodelay = True
+    address_family = socket.AF_INET  # type: int
+    socket_type = socket.SOCK_STREAM  # type: int
+    request_queue_size = socket.SOMAXCONN  # type: int
+    allow_reuse_address = False  # type: bool
+    allow_reuse_port = False  # type: bool
+    tcp_nodelay = True  # type: bool
 
     def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True):
+        # type: (Address, HandlerFactory, bool) -> None
         BaseServer.__init__(self, server_address, RequestHandlerClass)
         self.socket = socket.socket(self.address_family, self.socket_type)
         if bind_and_activate:
@@ -220,6 +267,7 @@ class TCPServer(BaseServer):
                 raise
 
     def server_bind(self):
+        # type: () -> None
         """Apply the reuse options and bind the socket; records the bound address."""
         if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -229,20 +277,24 @@ class TCPServer(BaseServer):
         self.server_address = self.socket.getsockname()
 
     def server_activate(self):
+        # type: () -> None
         """Start listening, with a backlog of ``request_queue_size``."""
         self.socket.listen(self.request_queue_size)
 
     def server_close(self):
+        # type: () -> None
         """Close the listening socket."""
         self.socket.close()
 
     @default_hook()
     def fileno(self):
+        # type: () -> int
         """The descriptor the engine waits on."""
         return self.socket.fileno()
 
     @default_hook(socket.SOCK_STREAM)
     def get_request(self):
+        # type: () -> tuple[Any, Address]
         """Accept a connection: returns ``(socket, client_address)``."""
         request, client_address = self.socket.accept()
         if self.tcp_nodelay and request.family in _TCP_FAMILIES:
@@ -253,6 +305,7 @@ class TCPServer(BaseServer):
         return request, client_address
 
     def shutdown_request(self, request):
+        # type: (Any) -> None
         """Send our FIN, then close the connection."""
         try:
             # Closing alone may leave unsent data behind; shutting down the write side
@@ -263,6 +316,7 @@ class TCPServer(BaseServer):
         self.close_request(request)
 
     def close_request(self, request):
+        # type: (Any) -> None
         """Close the connection's socket."""
         request.close()
 
@@ -277,22 +331,26 @@ class UDPServer(TCPServer):
     allow_reuse_address = False
     allow_reuse_port = False
     socket_type = socket.SOCK_DGRAM
-    max_packet_size = 8192
+    max_packet_size = 8192  # type: int
 
     @default_hook(socket.SOCK_DGRAM)
     def get_request(self):
+        # type: () -> tuple[Any, Address]
         """Receive a datagram: returns ``((data, socket), client_address)``."""
         data, client_address = self.socket.recvfrom(self.max_packet_size)
         return (data, self.socket), client_address
 
     def server_activate(self):
+        # type: () -> None
         """Datagram sockets do not listen."""
 
     def shutdown_request(self, request):
+        # type: (Any) -> None
         """Nothing to shut down for a datagram."""
         self.close_request(request)
 
     def close_request(self, request):
+        # type: (Any) -> None
         """Nothing to close: the socket is the server's."""
 
 
