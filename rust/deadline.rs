@@ -74,6 +74,14 @@ impl AcceptBackoff {
         self.until.is_some_and(|at| Instant::now() < at)
     }
 
+    /// `timeout`, shortened so that a wait ends when the pause does.
+    pub fn cap(&self, timeout: Option<Duration>) -> Option<Duration> {
+        match self.remaining() {
+            Some(pause) => Some(timeout.map_or(pause, |t| t.min(pause))),
+            None => timeout,
+        }
+    }
+
     /// How long the pause still lasts, as a cap on the next wait.
     pub fn remaining(&self) -> Option<Duration> {
         self.until
@@ -130,8 +138,11 @@ mod tests {
         }
         assert!(backoff.remaining().unwrap() <= AcceptBackoff::MAX);
         assert!(backoff.remaining().unwrap() > AcceptBackoff::MAX / 2);
+        assert!(backoff.cap(None).unwrap() <= AcceptBackoff::MAX);
+        assert_eq!(backoff.cap(Some(Duration::ZERO)), Some(Duration::ZERO));
         backoff.succeeded();
         assert!(!backoff.is_paused());
         assert_eq!(backoff.remaining(), None);
+        assert_eq!(backoff.cap(None), None);
     }
 }

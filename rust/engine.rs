@@ -196,10 +196,7 @@ impl Session {
         // it has left the epoll set, and the loop goes on waiting for shutdown() like the
         // stdlib's.
         let _ = self.poller.set_listening(listening);
-        let timeout = match self.backoff.remaining() {
-            Some(pause) => Some(timeout.map_or(pause, |t| t.min(pause))),
-            None => timeout,
-        };
+        let timeout = self.backoff.cap(timeout);
         let poller = &mut self.poller;
         let wakeup = py
             .detach(move || poller.wait(timeout))
@@ -275,11 +272,7 @@ impl Session {
                         return Ok(DirectExit::Stopped);
                     }
                     let _ = poller.set_listening(!backoff.is_paused() && queue.admit());
-                    let timeout = match backoff.remaining() {
-                        Some(pause) => Some(interval.map_or(pause, |t| t.min(pause))),
-                        None => interval,
-                    };
-                    let wakeup = poller.wait(timeout)?;
+                    let wakeup = poller.wait(backoff.cap(interval))?;
                     if wakeup.signalled || !(wakeup.readable || wakeup.woken) {
                         return Ok(DirectExit::Python);
                     }

@@ -158,10 +158,7 @@ impl<'r> StreamLoop<'r> {
         let idle = self
             .next_idle_check
             .map(|at| at.saturating_duration_since(now));
-        match (idle, self.backoff.remaining()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.backoff.cap(idle)
     }
 
     /// The GIL-free half of a turn.
