@@ -42,11 +42,34 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PIN = {"server": None, "client": None}
 
 
-def pin_to(role):
+# Servers and load generators may hold 10,000 connections (c10k): their descriptor limit is
+# raised to this (the hard limit too, when we may), in the child before it runs.
+NOFILE = 32768
+
+
+def raise_nofile(want=NOFILE):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return
+        except (ValueError, OSError):
+            want = hard  # not root: as far as the hard limit goes
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def child_setup(role):
+    """What runs in a server's or load generator's process before it starts: the CPU it is
+    pinned to (if any) and a descriptor limit that fits 10,000 connections."""
     cpus = PIN[role]
-    if cpus is None:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
+
+    def setup():
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        raise_nofile()
+
+    return setup
 
 
 SCENARIOS = [
@@ -56,6 +79,9 @@ SCENARIOS = [
     "connect16",
     "udp16",
     "unix16",
+    "line16",
+    "line16p4",
+    "c10k",
     "burst",
     "shutdown",
     "idle",
@@ -74,6 +100,9 @@ class Settings:
     idle_seconds: float
     http_seconds: int
     size: int
+    c10k_conns: int
+    c10k_seconds: float
+    c10k_timeout: float
 
 
 FULL = Settings(
@@ -86,6 +115,9 @@ FULL = Settings(
     idle_seconds=10.0,
     http_seconds=3,
     size=64,
+    c10k_conns=10_000,
+    c10k_seconds=5.0,
+    c10k_timeout=5.0,
 )
 QUICK = Settings(
     rounds=1,
@@ -97,6 +129,9 @@ QUICK = Settings(
     idle_seconds=2.0,
     http_seconds=1,
     size=64,
+    c10k_conns=1_000,
+    c10k_seconds=0.5,
+    c10k_timeout=5.0,
 )
 
 
@@ -188,7 +223,7 @@ class Server:
             text=True,
             env=server_env(),
             cwd=REPO,
-            preexec_fn=pin_to("server"),
+            preexec_fn=child_setup("server"),
         )
         _live.add(self.proc)
         self.address = None
@@ -215,6 +250,20 @@ class Server:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
+    def status(self):
+        """Resident set (now and peak, kB) and thread count from /proc/<pid>/status."""
+        wanted = {"VmRSS": "rss_kb", "VmHWM": "hwm_kb", "Threads": "threads"}
+        found = {}
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key in wanted:
+                        found[wanted[key]] = int(value.split()[0])
+        except (OSError, ValueError):
+            pass
+        return found
+
     def alive(self):
         return self.proc.poll() is None
 
@@ -234,8 +283,9 @@ def stop_process(proc):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    if proc.stdout:
-        proc.stdout.close()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe:
+            pipe.close()
     _live.discard(proc)
 
 
@@ -312,18 +362,34 @@ BIN_DIR = target_dir() / "release"
 LOADGEN = BIN_DIR / "loadgen"
 
 
-def loadgen(args, duration, timeout):
+def loadgen(args, duration, timeout, watch=None, bound=None):
+    """Runs the load generator and returns its JSON line as a dict. ``watch()`` is called every
+    50 ms while it runs; it is killed after ``bound`` seconds (default: duration + timeout +
+    60; loadgen bounds itself well within that)."""
     cmd = [str(LOADGEN), *args, "--duration", f"{duration:g}", "--timeout", f"{timeout:g}"]
-    done = subprocess.run(
+    bound = duration + timeout + 60 if bound is None else bound
+    proc = subprocess.Popen(
         cmd,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=duration + timeout + 60,
-        preexec_fn=pin_to("client"),
+        preexec_fn=child_setup("client"),
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"loadgen failed: {done.stderr.strip()}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    _live.add(proc)
+    try:
+        if watch is not None:
+            deadline = time.monotonic() + bound
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(cmd, bound)
+                watch()
+                time.sleep(0.05)
+        out, err = proc.communicate(timeout=bound)
+    finally:
+        stop_process(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {err.strip()}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 # --- throughput scenarios --------------------------------------------------------------------
@@ -374,6 +440,12 @@ class Scenario:
     loadgen: list
     rows: list
     note: str = ""
+    ratios: str = (
+        "Ratios: rs X against stdlib X; rs ThreadPool*, rs Reactor*, asyncio, "
+        "uvloop and mio-echo against the stdlib Threading* server."
+    )
+    # A second baseline: every row also gets ratios against this one.
+    second: str | None = None
 
 
 def throughput_scenarios(size):
@@ -418,7 +490,59 @@ def throughput_scenarios(size):
             lg("unix", 16),
             socketserver_rows("unix", single=False),
         ),
+        line_scenario(size, 1),
+        line_scenario(size, 4),
     ]
+
+
+LINE_STDLIB = "stdlib ThreadingTCPServer (readline)"
+LINE_UVLOOP = "uvloop streams (readline)"
+
+
+def line_rows():
+    """Newline-framed echo as each API spells it: a readline() loop on the threading servers,
+    a line-framed MessageHandler on the reactor, asyncio streams on asyncio and uvloop."""
+    b = ("--backlog", "1024")
+    readline = (*b, "--handler", "readline")
+    base = LINE_STDLIB
+    return [
+        Impl(base, "stdlib", "ThreadingTCPServer", base, readline),
+        Impl("rs ThreadingTCPServer (readline)", "rs", "ThreadingTCPServer", base, readline),
+        Impl("rs ReactorTCPServer (MessageHandler, line)", "rs", "ReactorTCPServer", base, b),
+        Impl("asyncio streams (readline)", "asyncio", "tcp-streams", base, b),
+        Impl(LINE_UVLOOP, "uvloop", "tcp-streams", base, b),
+        Impl("uvloop (Protocol)", "uvloop", "tcp", base, b),
+        Impl("mio-echo (Rust)", "mio", "tcp", base),
+    ]
+
+
+def line_scenario(size, pipeline):
+    args = ["--mode", "line", "--conns", "16", "--size", str(size)]
+    if pipeline > 1:
+        args += ["--pipeline", str(pipeline)]
+    batch = (
+        f"Each connection writes {pipeline} lines at once and waits for their {pipeline} "
+        "echoes; every line is one request and one latency sample. "
+        if pipeline > 1
+        else "Each connection writes one line and waits for its echo. "
+    )
+    handlers = (
+        "Handlers: `while line := rfile.readline(): wfile.write(line)` with Nagle off on "
+        'the threading servers; a MessageHandler with framing = "line" returning the line; '
+        "`await reader.readline()`, `writer.write()`, `await writer.drain()` on asyncio "
+        "and uvloop streams; uvloop's echo Protocol and mio-echo (bytes) for reference."
+    )
+    return Scenario(
+        "line16" if pipeline == 1 else f"line16p{pipeline}",
+        "Line framing, 16 persistent connections"
+        + (f", {pipeline} lines pipelined" if pipeline > 1 else ""),
+        "tcp",
+        args,
+        line_rows(),
+        batch + handlers,
+        f"Ratios against {LINE_STDLIB} (x stdlib) and against {LINE_UVLOOP} (x uvloop streams).",
+        second=LINE_UVLOOP,
+    )
 
 
 _socket_ids = iter(range(1_000_000))
@@ -440,6 +564,7 @@ def measure_throughput(scenario, impl, settings, tmp, log):
         result = loadgen(args, settings.duration, settings.timeout)
         cpu1 = server.cpu_seconds()
         result["other_cpus"] = noise.other_cpus()
+        result["loadavg"] = os.getloadavg()[0]
         if not server.alive():
             raise RuntimeError(f"server died: {log_tail(server.log)}")
     finally:
@@ -527,45 +652,55 @@ def table(header, lines):
     return "\n".join(out)
 
 
-def throughput_table(rows):
+def throughput_table(rows, second=None, second_name="uvloop streams"):
+    """One row per implementation; with ``second`` (a row label), every row also gets its
+    req/s and CPU per request as ratios against that row."""
     summaries = {r.impl.label: summarize_throughput(r) for r in rows if r.runs}
-    lines = []
-    for row in rows:
-        label = row.impl.label
-        if label not in summaries:
-            lines.append([label, "n/a", "", "", "", "", "", "", "", row.failure or ""])
-            continue
-        s = summaries[label]
-        base = summaries.get(row.impl.baseline, {})
-        failures = f"{s['errors']}/{s['timeouts']}"
-        if s["errors"] and s["first_error"]:
-            failures += f" ({s['first_error'][:40]})"
-        lines.append(
-            [
-                label,
-                fmt_num(s["rps"], 0),
-                fmt_spread(s["rps_spread"], s["rounds"]),
-                fmt_ratio(s["rps"], base.get("rps")),
-                fmt_num(s["p50_us"]),
-                fmt_num(s["p99_us"]),
-                fmt_num(s["p999_us"]),
-                failures,
-                fmt_num(s["cpu_us_per_req"]),
-                fmt_ratio(s["cpu_us_per_req"], base.get("cpu_us_per_req")),
-            ]
-        )
+    other = summaries.get(second, {}) if second else None
     header = [
         "implementation",
         "req/s",
         "spread",
         "req/s x stdlib",
+        *([f"req/s x {second_name}"] if second else []),
         "p50 µs",
         "p99 µs",
         "p99.9 µs",
         "errors/timeouts",
         "server CPU µs/req",
         "CPU/req x stdlib",
+        *([f"CPU/req x {second_name}"] if second else []),
     ]
+    lines = []
+    for row in rows:
+        label = row.impl.label
+        if label not in summaries:
+            lines.append([label, "n/a", *[""] * (len(header) - 3), row.failure or ""])
+            continue
+        s = summaries[label]
+        base = summaries.get(row.impl.baseline, {})
+        failures = f"{s['errors']}/{s['timeouts']}"
+        if s["errors"] and s["first_error"]:
+            failures += f" ({s['first_error'][:40]})"
+        line = [
+            label,
+            fmt_num(s["rps"], 0),
+            fmt_spread(s["rps_spread"], s["rounds"]),
+            fmt_ratio(s["rps"], base.get("rps")),
+        ]
+        if second:
+            line.append(fmt_ratio(s["rps"], other.get("rps")))
+        line += [
+            fmt_num(s["p50_us"]),
+            fmt_num(s["p99_us"]),
+            fmt_num(s["p999_us"]),
+            failures,
+            fmt_num(s["cpu_us_per_req"]),
+            fmt_ratio(s["cpu_us_per_req"], base.get("cpu_us_per_req")),
+        ]
+        if second:
+            line.append(fmt_ratio(s["cpu_us_per_req"], other.get("cpu_us_per_req")))
+        lines.append(line)
     return table(header, lines), summaries
 
 
@@ -694,6 +829,146 @@ def burst_table(rows):
         "p50 ms",
         "errors/timeouts",
     ]
+    return table(header, lines), summaries
+
+
+C10K_BASE = "uvloop (Protocol)"
+
+
+def c10k_rows():
+    """Ping-pong over many connections: the servers built for it, and the stdlib's
+    thread-per-connection server, which gets the same load and the same time bound."""
+    b = ("--backlog", "4096")
+    base = C10K_BASE
+    return [
+        Impl("rs ReactorTCPServer (MessageHandler, line)", "rs", "ReactorTCPServer", base, b),
+        Impl(base, "uvloop", "tcp", base, b),
+        Impl("asyncio (Protocol)", "asyncio", "tcp", base, b),
+        Impl(
+            "stdlib ThreadingTCPServer (readline)",
+            "stdlib",
+            "ThreadingTCPServer",
+            base,
+            (*b, "--handler", "readline"),
+        ),
+        Impl("mio-echo (Rust)", "mio", "tcp", base),
+    ]
+
+
+def measure_c10k(impl, settings, log):
+    """``c10k_conns`` connections, each sending a line and waiting for its echo, over and over,
+    for ``c10k_seconds``; the server's /proc status is sampled every 50 ms meanwhile."""
+    server = Server(impl, "127.0.0.1:0", log)
+    peak = {"threads": 0, "rss_kb": 0}
+
+    def watch():
+        now = server.status()
+        peak["threads"] = max(peak["threads"], now.get("threads", 0))
+        peak["rss_kb"] = max(peak["rss_kb"], now.get("rss_kb", 0))
+
+    size = str(settings.size)
+    try:
+        target = server.wait_ready()
+        if settings.warmup:  # warms the code paths with a few connections, not the 10,000
+            warm = ["--mode", "line", "--conns", "64", "--size", size, "--addr", target]
+            loadgen(warm, settings.warmup, settings.timeout)
+        before = server.status()
+        noise = Noise(server)
+        cpu0 = server.cpu_seconds()
+        conns = str(settings.c10k_conns)
+        args = ["--mode", "line", "--conns", conns, "--size", size, "--prime"]
+        seconds, timeout = settings.c10k_seconds, settings.c10k_timeout
+        # loadgen's own bound: connecting and priming <= timeout, measuring, <= 1 s of grace.
+        bound = seconds + timeout + 20
+        result = loadgen([*args, "--addr", target], seconds, timeout, watch=watch, bound=bound)
+        watch()
+        after = server.status()
+        cpu1 = server.cpu_seconds()
+        result["other_cpus"] = noise.other_cpus()
+        result["loadavg"] = os.getloadavg()[0]
+        if not server.alive():
+            raise RuntimeError(f"server died: {log_tail(server.log)}")
+    finally:
+        server.stop()
+    result["rss_before_kb"] = before.get("rss_kb")
+    result["threads_before"] = before.get("threads")
+    result["peak_rss_kb"] = max(after.get("hwm_kb", 0), peak["rss_kb"])  # VmHWM: the true peak
+    result["peak_threads"] = peak["threads"]
+    result["server_cpu_s"] = cpu1 - cpu0
+    n = result["requests"]
+    result["server_cpu_us_per_req"] = (cpu1 - cpu0) / n * 1e6 if n else None
+    return result
+
+
+def c10k_table(rows, conns):
+    summaries = {}
+    for row in rows:
+        if not row.runs:
+            continue
+        s = summarize_throughput(row)
+        runs = row.runs
+        s.update(
+            {
+                "served_min": min(r["conns_served"] or 0 for r in runs),
+                "ready_min": min(r["conns_ready"] or 0 for r in runs),
+                "connect_s": median([r["connect_s"] for r in runs]),
+                "peak_rss_mib": median([r["peak_rss_kb"] / 1024 for r in runs]),
+                "peak_rss_max_mib": max(r["peak_rss_kb"] for r in runs) / 1024,
+                "rss_before_mib": median([(r["rss_before_kb"] or 0) / 1024 for r in runs]),
+                "rss_growth_mib": median(
+                    [(r["peak_rss_kb"] - (r["rss_before_kb"] or 0)) / 1024 for r in runs]
+                ),
+                "peak_threads": max(r["peak_threads"] for r in runs),
+            }
+        )
+        summaries[row.impl.label] = s
+    header = [
+        "implementation",
+        "req/s",
+        "spread",
+        "req/s x uvloop",
+        "p50 ms",
+        "p99 ms",
+        "errors/timeouts",
+        "ready before the clock (min; s)",
+        "connections served (min)",
+        "server peak RSS MiB",
+        "RSS x uvloop",
+        "RSS growth MiB",
+        "server threads (peak)",
+        "server CPU µs/req",
+        "CPU/req x uvloop",
+    ]
+    lines = []
+    for row in rows:
+        s = summaries.get(row.impl.label)
+        if s is None:
+            lines.append([row.impl.label, "n/a", *[""] * (len(header) - 3), row.failure or ""])
+            continue
+        base = summaries.get(row.impl.baseline, {})
+        failures = f"{s['errors']}/{s['timeouts']}"
+        if s["errors"] and s["first_error"]:
+            failures += f" ({s['first_error'][:40]})"
+        ms = {k: None if s[k] is None else s[k] / 1e3 for k in ("p50_us", "p99_us")}
+        lines.append(
+            [
+                row.impl.label,
+                fmt_num(s["rps"], 0),
+                fmt_spread(s["rps_spread"], s["rounds"]),
+                fmt_ratio(s["rps"], base.get("rps")),
+                fmt_num(ms["p50_us"]),
+                fmt_num(ms["p99_us"]),
+                failures,
+                f"{s['ready_min']:,} ({fmt_num(s['connect_s'])} s)",
+                f"{s['served_min']:,}/{conns:,}",
+                fmt_num(s["peak_rss_mib"]),
+                fmt_ratio(s["peak_rss_mib"], base.get("peak_rss_mib")),
+                fmt_num(s["rss_growth_mib"]),
+                f"{s['peak_threads']:,}",
+                fmt_num(s["cpu_us_per_req"]),
+                fmt_ratio(s["cpu_us_per_req"], base.get("cpu_us_per_req")),
+            ]
+        )
     return table(header, lines), summaries
 
 
@@ -876,7 +1151,7 @@ def measure_http(impl, settings, log):
                 capture_output=True,
                 text=True,
                 timeout=seconds + 30,
-                preexec_fn=pin_to("client"),
+                preexec_fn=child_setup("client"),
             )
             if done.returncode != 0:
                 raise RuntimeError(f"wrk failed: {done.stderr.strip()}")
@@ -980,6 +1255,58 @@ def git_revision():
         return "unknown"
 
 
+EARLIER = "*From the earlier run of "
+
+
+def merge_previous(out, sections, report):
+    """Adds the scenarios of the previous latest.{md,json} in ``out`` that this run did not
+    measure to ``sections`` and ``report``, each marked with the date of the run it was
+    measured in. Returns their keys and one paragraph per earlier run they come from."""
+    old = json.loads((out / "latest.json").read_text())
+    old_md = (out / "latest.md").read_text().splitlines()
+    old_meta = old.get("meta", {})
+    blocks, title, runs, date = {}, None, {}, None
+    for line in old_md:
+        if line.startswith("## "):
+            title = line[3:]
+            blocks[title] = [line]
+        elif line.startswith(("Total time", "This run measured")):
+            title = None
+        elif title is not None:
+            blocks[title].append(line)
+        elif line.startswith("Earlier run of "):
+            runs[line[len("Earlier run of ") :].partition(": ")[0]] = line
+        elif date is None and line.startswith("Measured "):
+            date, _, what = line[len("Measured ") :].partition(": ")
+            what = what.split(" Medians over rounds")[0]
+            runs[date] = f"Earlier run of {date}: {what}"
+    run_of_old = {k: old_meta.get(k) for k in ("date", "git", "socketserver_rs", "settings")}
+    kept, used = [], []
+    for key, scenario in old.get("scenarios", {}).items():
+        block = blocks.get(scenario.get("title"))
+        if key in report["scenarios"] or not block:
+            continue
+        while block and not block[-1].strip():
+            block.pop()
+        marks = [ln for ln in block if ln.startswith(EARLIER)]
+        if marks:
+            when = marks[0][len(EARLIER) :].split("*", 1)[0]
+        else:
+            when = date
+            block[1:1] = ["", f"{EARLIER}{when}* (described at the top)."]
+        if when not in used:
+            used.append(when)
+        scenario.setdefault("measured", run_of_old)
+        report["scenarios"][key] = scenario
+        sections[key] = [*block, ""]
+        kept.append(key)
+    if kept:
+        earlier = {k: v for k, v in old_meta.items() if k != "merged_from"}
+        report["meta"]["merged_from"] = [earlier, *old_meta.get("merged_from", [])]
+    intro = [runs[w] for w in used if w in runs]
+    return kept, intro
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one short round of everything")
@@ -996,6 +1323,16 @@ def parse_args(argv):
         "--label", help="says what is measured, in the report (default: where the package is)"
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="where latest.{md,json} go")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the scenarios this run does not measure from the previous latest.{md,json} "
+        "in --out (each marked with the run it comes from)",
+    )
+    p.add_argument(
+        "--c10k-conns", type=int, help="connections in c10k (default 10000, at most 10000)"
+    )
+    p.add_argument("--c10k-seconds", type=float, help="seconds per c10k measurement (default 5)")
     args = p.parse_args(argv)
     settings = QUICK if args.quick else FULL
     changes = {}
@@ -1003,6 +1340,12 @@ def parse_args(argv):
         changes["rounds"] = changes["burst_rounds"] = max(1, args.rounds)
     if args.duration:
         changes["duration"] = args.duration
+    if args.c10k_conns:
+        if not 1 <= args.c10k_conns <= 10_000:
+            p.error("--c10k-conns must be within 1..10000")
+        changes["c10k_conns"] = args.c10k_conns
+    if args.c10k_seconds:
+        changes["c10k_seconds"] = args.c10k_seconds
     if changes:
         settings = Settings(**{**settings.__dict__, **changes})
     only = set(SCENARIOS)
@@ -1054,6 +1397,7 @@ def main(argv=None):
         "",
     ]
     report = {"meta": meta, "scenarios": {}}
+    sections = {}  # scenario key -> its markdown block
 
     def emit(key, title, text, data, note=""):
         others = [
@@ -1068,12 +1412,24 @@ def main(argv=None):
                 f" Other processes kept {statistics.median(others):.2f} CPUs busy "
                 f"during these measurements (median; max {max(others):.2f})."
             )
+        loads = [
+            run["loadavg"]
+            for row in data.values()
+            if isinstance(row, dict)
+            for run in row.get("runs", ())
+            if run.get("loadavg") is not None
+        ]
+        if loads:
+            note += (
+                f" Load average (1 min) after each measurement: median "
+                f"{statistics.median(loads):.1f}, range {min(loads):.1f} to {max(loads):.1f}."
+            )
         block = [f"## {title}", ""]
         if note:
             block += [note, ""]
         block += [text, ""]
         print("\n".join(block), flush=True)
-        md.extend(block)
+        sections[key] = block
         report["scenarios"][key] = {"title": title, "results": data, "note": note}
 
     def rows_for(impls):
@@ -1097,18 +1453,43 @@ def main(argv=None):
                 settings.rounds,
                 lambda impl, sc=scenario: measure_throughput(sc, impl, settings, tmp, log),
             )
-            text, data = throughput_table(rows)
+            text, data = throughput_table(rows, scenario.second)
             data = with_runs(rows, data)
-            ratios = (
-                "Ratios: rs X against stdlib X; rs ThreadPool*, rs Reactor*, asyncio, "
-                "uvloop and mio-echo against the stdlib Threading* server."
-            )
             emit(
                 scenario.key,
                 scenario.title,
                 text,
                 data,
-                " ".join(x for x in (scenario.note, ratios) if x),
+                " ".join(x for x in (scenario.note, scenario.ratios) if x),
+            )
+        if "c10k" in only:
+            conns = settings.c10k_conns
+            rows = rows_for(c10k_rows())
+            run_rounds(rows, settings.rounds, lambda impl: measure_c10k(impl, settings, log))
+            text, data = c10k_table(rows, conns)
+            data = with_runs(rows, data)
+            emit(
+                "c10k",
+                f"{conns:,} concurrent connections, ping-pong",
+                text,
+                data,
+                f"Each of {conns:,} connections writes a {settings.size}-byte line, waits for "
+                f"its echo and repeats, for {settings.c10k_seconds:g} s per round (per-request "
+                f"timeout {settings.c10k_timeout:g} s). Before the clock starts, every "
+                "connection is opened and completes one round trip (loadgen --prime), within "
+                "that timeout: 'ready before the clock' gives how many made it (lowest over "
+                "rounds) and how long that took (median). Servers listen with a backlog of "
+                f"4096 (the kernel's somaxconn here); descriptor limits raised to {NOFILE}. "
+                "Connections served: connections that completed at least one round trip while "
+                "the clock ran (lowest over rounds). Peak RSS: VmHWM of the server "
+                "process (median over rounds); RSS growth: peak RSS minus the RSS just before "
+                f"the {conns:,} connections (after a 64-connection warm-up); threads: the "
+                "highest `Threads:` seen in /proc/<pid>/status, sampled every 50 ms. The load "
+                "average counts runnable threads, so the stdlib row's thousands of threads "
+                "inflate it for the rows measured after it: 'other processes' is the better "
+                "noise figure here. Server CPU per request includes "
+                "accepting and closing the connections. Ratios against "
+                f"{C10K_BASE}.",
             )
         if "burst" in only:
             rows = rows_for(burst_rows(args.quick))
@@ -1173,7 +1554,31 @@ def main(argv=None):
         log.close()
         elapsed = time.monotonic() - started
         meta["elapsed_s"] = round(elapsed, 1)
-        md += [f"Total time: {elapsed:.0f} s.", ""]
+        total = f"Total time: {elapsed:.0f} s."
+        if args.merge:
+            try:
+                kept, intro = merge_previous(args.out, sections, report)
+            except Exception as error:  # the new tables are written whatever happens
+                print(f"note: could not merge the previous results ({error})")
+                kept, intro = [], []
+            if kept:
+                md += [
+                    f"This run measured {', '.join(k for k in SCENARIOS if k in only)}; the "
+                    f"other tables ({', '.join(kept)}) are kept from earlier runs, each "
+                    "marked with the run it comes from.",
+                    "",
+                ]
+                for paragraph in intro:
+                    md += [paragraph, ""]
+                total = f"Total time of this run: {elapsed:.0f} s."
+        order = {k: i for i, k in enumerate(SCENARIOS)}
+        for key in sorted(sections, key=lambda k: order.get(k, len(order))):
+            md.extend(sections[key])
+        report["scenarios"] = {
+            k: report["scenarios"][k]
+            for k in sorted(report["scenarios"], key=lambda k: order.get(k, len(order)))
+        }
+        md += [total, ""]
         (args.out / "latest.md").write_text("\n".join(md))
         (args.out / "latest.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Benchmark servers, one per process, all running the same handler code.
 
     python benches/servers.py IMPL KIND ADDRESS [--backlog N] [--max-workers N] [--lifetime S]
+                              [--handler lines|readline]
     python benches/servers.py shutdown-latency IMPL [--tries N]
     python benches/servers.py idle IMPL KIND [--seconds S]
 
@@ -9,8 +10,11 @@ IMPL is ``stdlib`` (``socketserver``), ``rs`` (``socketserver_rs``), ``asyncio``
 ``rs``, KIND names a server class (``TCPServer``, ``ThreadingUDPServer``,
 ``ThreadPoolUnixStreamServer``, ``ReactorTCPServer`` ...) or ``http:CLASS`` (an ``http.server``
 handler on that class; ``http-stock:CLASS`` leaves Nagle on, as the handler ships); for the
-others it is ``tcp``, ``udp`` or ``unix``. ADDRESS is ``127.0.0.1:PORT`` (port 0 picks
-a free one) or a filesystem path for Unix sockets.
+others it is ``tcp``, ``udp`` or ``unix`` (an echo ``Protocol``), or ``tcp-streams`` (asyncio
+streams: ``await reader.readline()``, ``writer.write()``, ``await writer.drain()``). ADDRESS is
+``127.0.0.1:PORT`` (port 0 picks a free one) or a filesystem path for Unix sockets.
+``--handler readline`` gives the stream socketserver classes an explicit ``readline()`` loop
+with Nagle off instead of the default ``for line in rfile`` handler.
 
 A server prints ``READY <address>`` once it is listening and serves until it is killed, its
 parent dies, or ``--lifetime`` seconds (default 900) have passed. The other two commands
@@ -22,6 +26,7 @@ import asyncio
 import ctypes
 import http.server
 import json
+import math
 import os
 import resource
 import signal
@@ -56,6 +61,25 @@ def echo_handlers(mod):
                 self.wfile.write(line)
 
     return EchoLines, EchoDatagram
+
+
+def readline_handler(mod):
+    """An explicit ``readline()`` echo loop, with Nagle off as asyncio, uvloop and
+    socketserver_rs have it: without that, a pipelined batch's second reply would wait for
+    the client's delayed ACK."""
+
+    class ReadlineEcho(mod.StreamRequestHandler):
+        disable_nagle_algorithm = True
+
+        def handle(self):
+            readline, write = self.rfile.readline, self.wfile.write
+            while True:
+                line = readline()
+                if not line:
+                    break
+                write(line)
+
+    return ReadlineEcho
 
 
 def echo_message_handler(mod, datagram):
@@ -136,9 +160,13 @@ def socketserver_class(mod, kind, backlog=None, max_workers=None):
     return type(f"Bench{name}", (base,), attrs)
 
 
-def build_socketserver(mod, kind, address, backlog=None, max_workers=None):
+def build_socketserver(mod, kind, address, backlog=None, max_workers=None, handler="lines"):
     cls = socketserver_class(mod, kind, backlog, max_workers)
-    if kind.startswith("http:"):
+    if handler == "readline" and not kind.startswith(("http", "Reactor")):
+        if cls.socket_type != socket.SOCK_STREAM:
+            raise SystemExit("--handler readline is for stream servers")
+        handler = readline_handler(mod)
+    elif kind.startswith("http:"):
         handler = HelloHandler
     elif kind.startswith("http-stock:"):
         handler = StockHelloHandler
@@ -156,8 +184,8 @@ def ready(address):
     print(f"READY {format_address(address)}", flush=True)
 
 
-def serve_socketserver(mod, kind, address, backlog, max_workers):
-    server = build_socketserver(mod, kind, address, backlog, max_workers)
+def serve_socketserver(mod, kind, address, backlog, max_workers, handler):
+    server = build_socketserver(mod, kind, address, backlog, max_workers, handler)
     ready(server.server_address)
     with server:
         server.serve_forever()
@@ -178,6 +206,21 @@ class EchoLinesProtocol(asyncio.Protocol):
         self.pending = data[end:]
 
 
+async def echo_lines_stream(reader, writer):
+    """The asyncio streams version of the readline handler."""
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            writer.write(line)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
 class EchoDatagramProtocol(asyncio.DatagramProtocol):
     def connection_made(self, transport):
         self.transport = transport
@@ -194,6 +237,11 @@ async def serve_asyncio(kind, address, backlog):
             EchoLinesProtocol, address[0], address[1], backlog=backlog, reuse_address=True
         )
         ready(server.sockets[0].getsockname())
+    elif kind == "tcp-streams":
+        server = await asyncio.start_server(
+            echo_lines_stream, address[0], address[1], backlog=backlog, reuse_address=True
+        )
+        ready(server.sockets[0].getsockname())
     elif kind == "unix":
         if os.path.exists(address):
             os.unlink(address)
@@ -205,7 +253,7 @@ async def serve_asyncio(kind, address, backlog):
         await asyncio.Event().wait()
         return
     else:
-        raise SystemExit(f"asyncio servers are tcp, udp or unix, not {kind!r}")
+        raise SystemExit(f"asyncio servers are tcp, tcp-streams, udp or unix, not {kind!r}")
     async with server:
         await server.serve_forever()
 
@@ -307,9 +355,9 @@ def die_with_parent():
 
 
 def limit_lifetime(seconds):
-    timer = threading.Timer(seconds, os._exit, (3,))
-    timer.daemon = True
-    timer.start()
+    """Exit after ``seconds`` whatever happens: SIGALRM's default action ends the process.
+    (Not a timer thread: the c10k scenario counts the server's threads.)"""
+    signal.alarm(max(1, math.ceil(seconds)))
 
 
 def main(argv=None):
@@ -338,6 +386,12 @@ def main(argv=None):
     p.add_argument("--backlog", type=int, help="listen backlog (default: the class's own)")
     p.add_argument("--max-workers", type=int, help="pool size for ThreadPool* classes")
     p.add_argument("--lifetime", type=float, default=900.0, help="exit after this long")
+    p.add_argument(
+        "--handler",
+        choices=["lines", "readline"],
+        default="lines",
+        help="stream handler: 'for line in rfile' (default) or a readline() loop, Nagle off",
+    )
     args = p.parse_args(argv)
     if isinstance(args.address, tuple) and not args.address[0].startswith("127."):
         if args.address[0] not in ("localhost", "::1"):
@@ -347,7 +401,12 @@ def main(argv=None):
     limit_lifetime(args.lifetime)
     if args.impl in MODULES:
         return serve_socketserver(
-            MODULES[args.impl], args.kind, args.address, args.backlog, args.max_workers
+            MODULES[args.impl],
+            args.kind,
+            args.address,
+            args.backlog,
+            args.max_workers,
+            args.handler,
         )
     if args.impl == "uvloop":
         import uvloop

@@ -18,13 +18,15 @@ modes:
 
 options:
   --addr ADDR          127.0.0.1:PORT, [::1]:PORT, localhost:PORT, or a Unix socket path
-  --conns N            connections / workers / outstanding datagrams (default 16)
+  --conns N            connections / workers / outstanding datagrams (default 16, at most 10000)
   --size BYTES         message size, newline included (default 64)
   --pipeline K         lines written at once per connection in line mode (default 1)
   --duration SECS      stop after this long (default 5)
   --max-requests N     stop after issuing this many requests (default 1000000)
   --timeout SECS       per-request timeout; a timed-out stream is reconnected (default 2)
   --sources N          rotate client sockets over N source addresses 127.0.0.1.. (default 64)
+  --prime              tcp/unix/line: before the clock starts, every connection completes one
+                       round trip (so the server has accepted it), within --timeout
   --help               show this text
 ";
 
@@ -78,6 +80,8 @@ pub struct Config {
     pub max_requests: u64,
     pub timeout: Duration,
     pub sources: u32,
+    /// Persistent streams: one round trip per connection before the clock starts.
+    pub prime: bool,
 }
 
 /// The outcome of parsing: a run, or a request for the usage text.
@@ -101,11 +105,16 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut max_requests = 1_000_000u64;
     let mut timeout = Duration::from_secs(2);
     let mut sources = 64u32;
+    let mut prime = false;
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         if arg == "--help" || arg == "-h" {
             return Ok(Parsed::Help);
+        }
+        if arg == "--prime" {
+            prime = true;
+            continue;
         }
         let (key, inline) = match arg.split_once('=') {
             Some((k, v)) if k.starts_with("--") => (k.to_owned(), Some(v.to_owned())),
@@ -151,6 +160,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     if mode != Mode::Line && pipeline != 1 {
         return Err("--pipeline applies to --mode line only".to_owned());
     }
+    if prime && matches!(mode, Mode::Connect | Mode::Udp) {
+        return Err("--prime applies to persistent streams (tcp, unix, line)".to_owned());
+    }
     Ok(Parsed::Run(Config {
         mode,
         target,
@@ -161,6 +173,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         max_requests,
         timeout,
         sources,
+        prime,
     }))
 }
 
@@ -263,6 +276,7 @@ mod tests {
         assert_eq!(config.max_requests, 1_000_000);
         assert_eq!(config.timeout, Duration::from_secs(2));
         assert_eq!(config.sources, 64);
+        assert!(!config.prime);
     }
 
     #[test]
@@ -353,6 +367,14 @@ mod tests {
         assert!(run(&["--mode", "udp", "--addr", "127.0.0.1:1", "--size", "70000"]).is_err());
         assert!(run(&["--mode", "unix", "--addr", "127.0.0.1:1"]).is_err());
         assert!(run(&["--mode", "tcp", "--addr", "/tmp/s"]).is_err());
+    }
+
+    #[test]
+    fn prime_is_a_flag_for_persistent_streams() {
+        let config = run(&["--mode", "line", "--prime", "--addr", "127.0.0.1:1"]).unwrap();
+        assert!(config.prime);
+        assert!(run(&["--mode", "connect", "--addr", "127.0.0.1:1", "--prime"]).is_err());
+        assert!(run(&["--mode", "udp", "--addr", "127.0.0.1:1", "--prime"]).is_err());
     }
 
     #[test]

@@ -12,6 +12,22 @@ pub struct Recorder {
     errors: u64,
     timeouts: u64,
     first_error: Option<String>,
+    connections: Option<ConnectionStats>,
+}
+
+/// What the persistent-stream drivers know about their connections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConnectionStats {
+    /// Connections established when the clock started.
+    pub ready: u64,
+    /// Connection slots (of `--conns`) that completed at least one round trip while the clock
+    /// ran: with `--conns` of them, every connection was served.
+    pub served: u64,
+    /// Connections opened in all, reconnects included.
+    pub opened: u64,
+    /// Seconds from the first connect until the clock started (all connected, or the
+    /// connect phase's bound).
+    pub connect_s: f64,
 }
 
 impl Recorder {
@@ -39,6 +55,11 @@ impl Recorder {
     /// Records `n` requests that got no answer within the per-request timeout.
     pub fn timeouts(&mut self, n: u64) {
         self.timeouts += n;
+    }
+
+    /// Attaches the connection figures of a persistent-stream run.
+    pub fn connections(&mut self, stats: ConnectionStats) {
+        self.connections = Some(stats);
     }
 
     /// Sorts the samples and computes the summary of a run that lasted `elapsed`.
@@ -69,6 +90,7 @@ impl Recorder {
             max_us: us(s.last().copied()),
             mean_us: mean,
             first_error: self.first_error,
+            connections: self.connections,
         }
     }
 }
@@ -100,24 +122,28 @@ pub struct Summary {
     pub max_us: Option<f64>,
     pub mean_us: Option<f64>,
     pub first_error: Option<String>,
+    pub connections: Option<ConnectionStats>,
 }
 
 impl Summary {
     /// One JSON object, on one line.
     pub fn to_json(&self, config: &Config, client_cpu_s: f64) -> String {
         let num = |v: Option<f64>| v.map_or_else(|| "null".to_owned(), |v| format!("{v:.1}"));
+        let int = |v: Option<u64>| v.map_or_else(|| "null".to_owned(), |v| v.to_string());
         let mut out = String::with_capacity(512);
         let _ = write!(
             out,
-            "{{\"mode\":\"{}\",\"addr\":{},\"conns\":{},\"size\":{},\"pipeline\":{},\
+            "{{\"mode\":\"{}\",\"addr\":{},\"conns\":{},\"size\":{},\"pipeline\":{},\"prime\":{},\
              \"requests\":{},\"errors\":{},\"timeouts\":{},\"elapsed_s\":{:.4},\"rps\":{:.1},\
              \"latency_us\":{{\"min\":{},\"p50\":{},\"p99\":{},\"p999\":{},\"max\":{},\"mean\":{}}},\
-             \"client_cpu_s\":{:.3},\"first_error\":{}}}",
+             \"client_cpu_s\":{:.3},\"first_error\":{},\"conns_ready\":{},\"conns_served\":{},\
+             \"connects\":{},\"connect_s\":{}}}",
             config.mode.name(),
             json_string(&config.target.to_string()),
             config.conns,
             config.size,
             config.pipeline,
+            config.prime,
             self.requests,
             self.errors,
             self.timeouts,
@@ -133,6 +159,11 @@ impl Summary {
             self.first_error
                 .as_deref()
                 .map_or_else(|| "null".to_owned(), json_string),
+            int(self.connections.map(|c| c.ready)),
+            int(self.connections.map(|c| c.served)),
+            int(self.connections.map(|c| c.opened)),
+            self.connections
+                .map_or_else(|| "null".to_owned(), |c| format!("{:.3}", c.connect_s)),
         );
         out
     }
@@ -245,6 +276,33 @@ mod tests {
         assert_eq!(s.requests, 0);
         assert_eq!(s.p50_us, None);
         assert_eq!(s.rps, 0.0);
+    }
+
+    #[test]
+    fn json_carries_the_connection_figures_when_there_are_any() {
+        let config = match crate::args::parse(["--addr", "127.0.0.1:9"].map(String::from)) {
+            Ok(crate::args::Parsed::Run(config)) => config,
+            other => panic!("{other:?}"),
+        };
+        let plain = Recorder::default().summarize(Duration::from_secs(1));
+        let json = plain.to_json(&config, 0.0);
+        assert!(json.contains("\"conns_served\":null,\"connects\":null,\"connect_s\":null}"));
+        let mut r = Recorder::default();
+        r.connections(ConnectionStats {
+            ready: 10_000,
+            served: 9_998,
+            opened: 10_003,
+            connect_s: 0.25,
+        });
+        let json = r.summarize(Duration::from_secs(1)).to_json(&config, 0.0);
+        assert!(
+            json.contains("\"conns_ready\":10000,\"conns_served\":9998,"),
+            "{json}"
+        );
+        assert!(
+            json.ends_with("\"connects\":10003,\"connect_s\":0.250}"),
+            "{json}"
+        );
     }
 
     #[test]

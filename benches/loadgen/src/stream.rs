@@ -1,8 +1,9 @@
 //! Persistent-stream drivers (`tcp`, `unix`, `line`): each connection sends a request, waits for
 //! its whole echo, records the latency and sends the next one (a closed loop).
 //!
-//! All connections are established before the clock starts. A connection that fails or times
-//! out is counted, closed and replaced, since its byte stream can no longer be trusted.
+//! All connections are established before the clock starts (with `--prime`, each also completes
+//! one round trip first, so the server has accepted it). A connection that fails or times out
+//! is counted, closed and replaced, since its byte stream can no longer be trusted.
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use mio::{Events, Poll};
 
 use crate::args::{Config, Mode, Target, source_addr};
 use crate::net::{Stream, payload, token, untoken};
-use crate::stats::Recorder;
+use crate::stats::{ConnectionStats, Recorder};
 
 /// How often timeouts and reconnects are looked at.
 const TICK: Duration = Duration::from_millis(10);
@@ -41,6 +42,10 @@ struct Conn {
     /// Bytes (`Framing::Bytes`) or lines (`Framing::Lines`) still expected; 0 when idle.
     pending: usize,
     retry_at: Option<Instant>,
+    /// Whether this connection completed its round trip before the clock (`--prime`).
+    primed: bool,
+    /// Whether this slot completed a round trip while the clock ran (kept across reconnects).
+    served: bool,
 }
 
 #[derive(Debug)]
@@ -53,6 +58,11 @@ struct Driver<'a> {
     /// Requests issued so far (lines, in line mode), bounded by `max_requests`.
     issued: u64,
     next_source: u64,
+    /// Connections opened so far, reconnects included.
+    opened: u64,
+    /// When timeouts and reconnects are next looked at: once per `TICK`, so a turn costs
+    /// the events it handles, not a walk over every connection (10,000 of them, say).
+    next_sweep: Instant,
     /// None while connecting; the end of the measurement once it has started.
     end: Option<Instant>,
     recorder: Recorder,
@@ -75,6 +85,8 @@ pub fn run(config: &Config) -> io::Result<(Recorder, Duration)> {
         framing,
         issued: 0,
         next_source: 0,
+        opened: 0,
+        next_sweep: Instant::now(),
         end: None,
         recorder: Recorder::with_capacity(config.max_requests.min(1 << 21) as usize),
         buf: vec![0; 64 * 1024],
@@ -89,21 +101,27 @@ pub fn run(config: &Config) -> io::Result<(Recorder, Duration)> {
             written: 0,
             pending: 0,
             retry_at: None,
+            primed: false,
+            served: false,
         });
         driver.connect(slot, now);
     }
     let mut events = Events::with_capacity(1024);
 
-    // Connect everything first (bounded by the per-request timeout), then start the clock.
+    // Connect everything first (and prime it, if asked; bounded by the per-request timeout),
+    // then start the clock.
     let connect_deadline = now + config.timeout;
-    while driver.conns.iter().any(|c| !c.connected) && Instant::now() < connect_deadline {
+    let ready = |c: &Conn| c.connected && (c.primed || !config.prime);
+    while !driver.conns.iter().all(ready) && Instant::now() < connect_deadline {
         driver.turn(&mut events, connect_deadline)?;
     }
     let start = Instant::now();
+    let ready = driver.conns.iter().filter(|c| ready(c)).count() as u64;
     let end = start + config.duration;
     driver.end = Some(end);
     for slot in 0..driver.conns.len() {
-        if driver.conns[slot].connected {
+        // A priming round trip still in flight is left to finish (it then counts as a request).
+        if driver.conns[slot].connected && driver.conns[slot].pending == 0 {
             driver.issue(slot, start);
         }
     }
@@ -122,6 +140,13 @@ pub fn run(config: &Config) -> io::Result<(Recorder, Duration)> {
     while driver.conns.iter().any(|c| c.pending > 0) && Instant::now() < grace {
         driver.turn(&mut events, grace)?;
     }
+    let stats = ConnectionStats {
+        ready,
+        served: driver.conns.iter().filter(|c| c.served).count() as u64,
+        opened: driver.opened,
+        connect_s: start.saturating_duration_since(now).as_secs_f64(),
+    };
+    driver.recorder.connections(stats);
     Ok((driver.recorder, elapsed))
 }
 
@@ -141,7 +166,11 @@ impl Driver<'_> {
                 self.on_event(slot, event.is_readable() || event.is_read_closed(), now);
             }
         }
-        self.sweep(Instant::now());
+        let now = Instant::now();
+        if now >= self.next_sweep {
+            self.sweep(now);
+            self.next_sweep = now + TICK;
+        }
         Ok(())
     }
 
@@ -158,6 +187,7 @@ impl Driver<'_> {
     fn connect(&mut self, slot: usize, now: Instant) {
         let source = source_addr(self.next_source, self.config.sources);
         self.next_source += 1;
+        self.opened += 1;
         let opened = match &self.config.target {
             Target::Inet(addr) => Stream::tcp(*addr, Some(source)),
             Target::Unix(path) => Stream::unix(path),
@@ -169,6 +199,7 @@ impl Driver<'_> {
         conn.pending = 0;
         conn.written = 0;
         conn.retry_at = None;
+        conn.primed = false;
         let result = opened.and_then(|mut stream| {
             stream.register(self.poll.registry(), token(slot, conn.generation))?;
             Ok(stream)
@@ -224,13 +255,19 @@ impl Driver<'_> {
         }
     }
 
-    /// Sends the next request on an idle, connected `slot`, if the bounds allow one.
+    /// Sends the next request on an idle, connected `slot`, if the bounds allow one; before the
+    /// clock, only the priming request of a connection not yet primed (with `--prime`).
     fn issue(&mut self, slot: usize, now: Instant) {
         let per_request = self.config.pipeline as u64;
-        if !self.measuring(now) || self.issued + per_request > self.config.max_requests {
+        if self.end.is_none() {
+            if !self.config.prime || self.conns[slot].primed {
+                return;
+            }
+        } else if !self.measuring(now) || self.issued + per_request > self.config.max_requests {
             return;
+        } else {
+            self.issued += per_request;
         }
-        self.issued += per_request;
         let conn = &mut self.conns[slot];
         conn.started = Instant::now();
         conn.written = 0;
@@ -303,6 +340,7 @@ impl Driver<'_> {
     fn received(&mut self, slot: usize, n: usize) {
         // Timed here, not at the poll: the echo may have come while this batch was handled.
         let now = Instant::now();
+        let measuring = self.measuring(now);
         let conn = &mut self.conns[slot];
         let arrived = match self.framing {
             Framing::Bytes => n,
@@ -319,10 +357,13 @@ impl Driver<'_> {
             Framing::Lines => arrived,
             Framing::Bytes => usize::from(done),
         };
-        if self.measuring(now) {
+        if measuring && count > 0 {
+            conn.served = true;
             (0..count).for_each(|_| self.recorder.complete(started, now));
         }
-        if done {
+        if done && self.end.is_none() {
+            conn.primed = true;
+        } else if done {
             self.issue(slot, now);
         }
     }
