@@ -310,10 +310,10 @@ def shutdown_latency(impl, tries):
     )
 
 
-def idle_cost(impl, kind, seconds):
+def idle_cost(impl, kind, seconds, poll_interval=0.5):
     """CPU time and context switches of a server idling in ``serve_forever()``."""
     server = build_socketserver(MODULES[impl], kind, ("127.0.0.1", 0))
-    thread = threading.Thread(target=server.serve_forever)
+    thread = threading.Thread(target=server.serve_forever, args=(poll_interval,))
     thread.start()
     try:
         time.sleep(0.5)  # let it settle into its wait
@@ -375,9 +375,15 @@ def main(argv=None):
         p.add_argument("impl", choices=sorted(MODULES))
         p.add_argument("kind")
         p.add_argument("--seconds", type=float, default=10.0)
+        p.add_argument(
+            "--poll-interval",
+            type=lambda text: None if text == "none" else float(text),
+            default=0.5,
+            help="serve_forever's poll_interval ('none' for None)",
+        )
         args = p.parse_args(argv[1:])
         limit_lifetime(args.seconds + 60)
-        return idle_cost(args.impl, args.kind, args.seconds)
+        return idle_cost(args.impl, args.kind, args.seconds, args.poll_interval)
 
     p = argparse.ArgumentParser(prog="servers.py", description=__doc__.split("\n\n")[0])
     p.add_argument("impl", choices=["stdlib", "rs", "asyncio", "uvloop", "mio"])
