@@ -45,6 +45,7 @@ enum DirectExit {
     Python,
 }
 
+/// The serving loop of one server: waiting, shutdown, signals and the fast path.
 #[pyclass(frozen, module = "socketserver_rs._core")]
 #[derive(Debug, Default)]
 pub struct Engine {
@@ -393,6 +394,12 @@ impl Engine {
             py.check_signals()?;
         }
         Ok(())
+    }
+
+    /// Close the engine's own descriptors (epoll, waker, signal pair) now: `server_close()`
+    /// calls this, so a closed server holds nothing until it is garbage-collected.
+    fn release(&self) {
+        self.poller.release();
     }
 
     /// Called by `_handle_request_noblock` with the errno of the OSError `get_request()`

@@ -272,6 +272,20 @@ impl PollerSlot {
         self.wakers().retain(|(_, w)| !Arc::ptr_eq(w, &waker));
     }
 
+    /// Close the idle poller's descriptors now (the server is closed) rather than when the
+    /// server object is garbage-collected. A later serving call builds a new one.
+    pub fn release(&self) {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(poller) = idle {
+            let waker = poller.waker();
+            self.wakers().retain(|(_, w)| !Arc::ptr_eq(w, &waker));
+        }
+    }
+
     /// Wake every poller handed out in this process (waking an inherited one would wake the
     /// parent's loop instead).
     pub fn wake(&self) -> io::Result<()> {
@@ -408,6 +422,9 @@ mod tests {
         slot.put_back(first);
         slot.put_back(second); // one is kept, the other dropped with its waker
         assert_eq!(slot.wakers().len(), 1);
+        slot.release();
+        assert_eq!(slot.wakers().len(), 0);
+        assert!(slot.idle.lock().unwrap().is_none());
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub enum WorkItem {
     Raw(Raw),
 }
 
+/// A queue of requests for pooled worker threads, with the pool's sizing rules.
 // `weakref`: open pools are tracked in a WeakSet so interpreter exit can close them.
 #[pyclass(frozen, weakref, module = "socketserver_rs._core")]
 #[derive(Debug)]

@@ -243,6 +243,7 @@ pub struct Session {
     pub listener: RawFd,
 }
 
+/// The loop of a reactor server: Rust-owned connections, Python called per message.
 #[pyclass(frozen, module = "socketserver_rs._core")]
 #[derive(Debug, Default)]
 pub struct Reactor {
@@ -403,8 +404,10 @@ impl Reactor {
         Ok(())
     }
 
-    /// Close every open connection, calling each handler's `finish()` (for `server_close`).
+    /// Close every open connection, calling each handler's `finish()`, and the reactor's own
+    /// descriptors (for `server_close`).
     fn close_all(&self, server: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.shared.poller.release();
         let conns = self
             .conns
             .lock()

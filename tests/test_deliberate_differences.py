@@ -271,3 +271,60 @@ def test_a_burst_of_256_simultaneous_clients_all_complete_a_round_trip(harness, 
     for reply in replies.values():
         assert reply.startswith(b"echo:") and reply.endswith(b"\n"), reply
     assert sorted(int(reply[5:]) for reply in replies.values()) == list(range(count))
+
+
+def test_a_hook_patched_on_the_class_while_serving_is_used_from_the_next_serving_call(harness):
+    """Difference: the engine decides whether it may accept requests itself once per serving
+    call (and again when the server's instance attributes change). A ``get_request`` patched
+    onto the *class* while ``serve_forever()`` runs is therefore first used by the next
+    serving call; the stdlib looks the hook up for every request."""
+
+    class Handler(rs.StreamRequestHandler):
+        def handle(self):
+            self.wfile.write(b"echo:" + self.rfile.read())
+
+    class Server(rs.TCPServer):
+        pass
+
+    server = harness.server(Server, (LOOPBACK, 0), Handler)
+    serving = harness.serve(server)
+    assert harness.exchange(server, b"a") == b"echo:a"
+    calls = []
+    stock = rs.TCPServer.get_request
+
+    def counting_get_request(self):
+        calls.append(1)
+        return stock(self)
+
+    Server.get_request = counting_get_request
+    assert harness.exchange(server, b"b") == b"echo:b"
+    assert calls == [], "the running serving call keeps its plan"
+    serving.stop()
+    harness.serve(server)
+    assert harness.exchange(server, b"c") == b"echo:c"
+    assert calls == [1], "the next serving call sees the patched hook"
+
+
+def test_a_datagram_taken_by_another_reader_does_not_block_the_loop(harness):
+    """Difference: after a wakeup, the engine's fast path receives without waiting
+    (``MSG_DONTWAIT``). When two servers share one datagram socket, both wake for each
+    datagram and one gets it; the other goes back to waiting, so ``shutdown()`` stops it at
+    once. The stdlib's loser blocks inside ``recvfrom()`` until some later datagram."""
+
+    class Handler(rs.DatagramRequestHandler):
+        def handle(self):
+            self.wfile.write(b"echo:" + self.rfile.read())
+
+    first = harness.server(rs.UDPServer, (LOOPBACK, 0), Handler)
+    second = harness.server(rs.UDPServer, (LOOPBACK, 0), Handler, bind_and_activate=False)
+    second.socket.close()
+    second.socket = first.socket  # both serve the one socket
+    serving = [harness.serve(first), harness.serve(second)]
+    client = harness.datagram_client(first)
+    for n in range(20):
+        client.sendto(b"%d" % n, first.server_address)
+        assert client.recv(64) == b"echo:%d" % n
+    for loop in serving:
+        started = time.monotonic()
+        loop.stop(timeout=2.0)
+        assert time.monotonic() - started < 2.0

@@ -69,6 +69,7 @@ for _name in __all__:
     globals()[_name].__module__ = __name__
 del _name
 
+__version__: str
 try:
     __version__ = metadata.version("socketserver-rs")
 except metadata.PackageNotFoundError:  # running from a source tree without metadata

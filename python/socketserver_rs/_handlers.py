@@ -4,8 +4,18 @@ handlers that give it file-like ``rfile`` and ``wfile``.
 
 import socket
 from io import BufferedIOBase, BytesIO
+from typing import TYPE_CHECKING
 
 from . import _core
+
+# Types are in PEP 484 type comments, so that the runtime signatures stay the stdlib's
+# (see _servers.py). Ruff does not read type comments: hence the noqa on their imports.
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO  # noqa: F401
+
+    from typing_extensions import Buffer  # noqa: F401
+
+    from ._servers import Address, BaseServer  # noqa: F401
 
 __all__ = ["BaseRequestHandler", "DatagramRequestHandler", "StreamRequestHandler"]
 
@@ -19,8 +29,9 @@ class BaseRequestHandler:
     """
 
     def __init__(self, request, client_address, server):
-        self.request = request
-        self.client_address = client_address
+        # type: (Any, Address, BaseServer) -> None
+        self.request = request  # type: Any
+        self.client_address = client_address  # type: Address
         self.server = server
         self.setup()
         try:
@@ -29,13 +40,16 @@ class BaseRequestHandler:
             self.finish()
 
     def setup(self):
-        pass
+        # type: () -> None
+        """Runs before ``handle()``; the default does nothing."""
 
     def handle(self):
-        pass
+        # type: () -> None
+        """Serve the request; the default does nothing. Override this."""
 
     def finish(self):
-        pass
+        # type: () -> None
+        """Runs after ``handle()``, even when it raised; the default does nothing."""
 
 
 class _SocketWriter(BufferedIOBase):
@@ -48,13 +62,16 @@ class _SocketWriter(BufferedIOBase):
     """
 
     def __init__(self, sock):
+        # type: (socket.socket) -> None
         self._sock = sock
         self._native = type(sock) is socket.socket
 
     def writable(self):
+        # type: () -> bool
         return True
 
     def write(self, b):
+        # type: (Buffer) -> int
         if self._native:
             return _core.send_all(self._sock, b)
         self._sock.sendall(b)
@@ -62,6 +79,7 @@ class _SocketWriter(BufferedIOBase):
             return view.nbytes
 
     def fileno(self):
+        # type: () -> int
         return self._sock.fileno()
 
 
@@ -73,24 +91,32 @@ class StreamRequestHandler(BaseRequestHandler):
     ``disable_nagle_algorithm`` (set TCP_NODELAY).
     """
 
-    rbufsize = -1
-    wbufsize = 0
-    timeout = None
-    disable_nagle_algorithm = False
+    rbufsize = -1  # type: int
+    wbufsize = 0  # type: int
+    timeout = None  # type: float | None
+    disable_nagle_algorithm = False  # type: bool
 
     def setup(self):
-        self.connection = self.request
+        # type: () -> None
+        """Apply ``timeout`` and ``disable_nagle_algorithm`` to the connection and make
+        ``rfile`` and ``wfile``."""
+        self.connection = self.request  # type: Any
         if self.timeout is not None:
             self.connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        self.rfile = self.connection.makefile("rb", self.rbufsize)
+        # Binary files, typed as the stdlib's are (BinaryIO), though neither makefile()'s
+        # result nor _SocketWriter is nominally one.
+        self.rfile = self.connection.makefile("rb", self.rbufsize)  # type: BinaryIO
         if self.wbufsize == 0:
-            self.wfile = _SocketWriter(self.connection)
+            self.wfile = _SocketWriter(self.connection)  # type: BinaryIO  # type: ignore[assignment]
         else:
             self.wfile = self.connection.makefile("wb", self.wbufsize)
 
     def finish(self):
+        # type: () -> None
+        """Flush ``wfile`` (a peer that went away is not an error here), then close both
+        files."""
         if not self.wfile.closed:
             try:
                 self.wfile.flush()
@@ -105,9 +131,13 @@ class DatagramRequestHandler(BaseRequestHandler):
     ``self.wfile`` is sent back to the client as one datagram when the handler finishes."""
 
     def setup(self):
-        self.packet, self.socket = self.request
+        # type: () -> None
+        """Unpack the request into ``packet`` and ``socket``; ``rfile`` reads the packet."""
+        self.packet, self.socket = self.request  # type: bytes, socket.socket
         self.rfile = BytesIO(self.packet)
         self.wfile = BytesIO()
 
     def finish(self):
+        # type: () -> None
+        """Send what was written to ``wfile`` back to the client, as one datagram."""
         self.socket.sendto(self.wfile.getvalue(), self.client_address)

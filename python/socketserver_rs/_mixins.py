@@ -5,32 +5,50 @@ from them, as the stdlib composes them.
 import os
 import socket
 import threading
+from typing import TYPE_CHECKING
 
-from ._servers import TCPServer, UDPServer
+from ._servers import BaseServer, TCPServer, UDPServer
+
+# Types are in PEP 484 type comments, so that the runtime signatures stay the stdlib's
+# (see _servers.py). Ruff does not read type comments: hence the noqa on their imports.
+if TYPE_CHECKING:
+    from typing import Any  # noqa: F401
+
+    from ._servers import Address  # noqa: F401
+
+    # A type checker sees the mixins as servers, so the hooks they call (finish_request …)
+    # and override are checked; at run time they are plain classes, as in the stdlib.
+    _MixInBase = BaseServer
+else:
+    _MixInBase = object
 
 __all__ = ["ThreadingMixIn", "ThreadingTCPServer", "ThreadingUDPServer"]
 
 
-class _Threads(list):
+class _Threads(list[threading.Thread]):
     """The non-daemon request threads ``server_close()`` will join; finished ones are
     dropped whenever a new one is added, so a long-running server does not accumulate them."""
 
     def append(self, thread):
+        # type: (threading.Thread) -> None
         self.reap()
         if thread.daemon:
             return
         super().append(thread)
 
     def pop_all(self):
+        # type: () -> list[threading.Thread]
         taken = self[:]
         del self[:]
         return taken
 
     def join(self):
+        # type: () -> None
         for thread in self.pop_all():
             thread.join()
 
     def reap(self):
+        # type: () -> None
         self[:] = [thread for thread in self if thread.is_alive()]
 
 
@@ -38,13 +56,15 @@ class _NoThreads:
     """Stands in for ``_Threads`` when ``block_on_close`` is false: nothing is kept."""
 
     def append(self, thread):
+        # type: (threading.Thread) -> None
         pass
 
     def join(self):
+        # type: () -> None
         pass
 
 
-class ThreadingMixIn:
+class ThreadingMixIn(_MixInBase):
     """Serve each request in a new thread.
 
     ``daemon_threads``: whether request threads are daemons (the interpreter does not wait
@@ -52,11 +72,12 @@ class ThreadingMixIn:
     threads still running.
     """
 
-    daemon_threads = False
-    block_on_close = True
-    _threads = _NoThreads()
+    daemon_threads = False  # type: bool
+    block_on_close = True  # type: bool
+    _threads = _NoThreads()  # type: _Threads | _NoThreads
 
     def process_request_thread(self, request, client_address):
+        # type: (Any, Address) -> None
         """The body of a request thread: ``finish_request()`` with error handling."""
         try:
             self.finish_request(request, client_address)
@@ -66,6 +87,7 @@ class ThreadingMixIn:
             self.shutdown_request(request)
 
     def process_request(self, request, client_address):
+        # type: (Any, Address) -> None
         """Start a thread to serve the request."""
         if self.block_on_close:
             vars(self).setdefault("_threads", _Threads())
@@ -77,23 +99,24 @@ class ThreadingMixIn:
         thread.start()
 
     def server_close(self):
+        # type: () -> None
         """Close the server, then join the request threads if ``block_on_close``."""
         super().server_close()
         self._threads.join()
 
 
 class ThreadingUDPServer(ThreadingMixIn, UDPServer):
-    pass
+    """A UDP server that handles each datagram in a new thread."""
 
 
 class ThreadingTCPServer(ThreadingMixIn, TCPServer):
-    pass
+    """A TCP server that serves each connection in a new thread."""
 
 
 if hasattr(os, "fork"):
     __all__ += ["ForkingMixIn", "ForkingTCPServer", "ForkingUDPServer"]
 
-    class ForkingMixIn:
+    class ForkingMixIn(_MixInBase):
         """Serve each request in a child process.
 
         ``max_children``: above this many live children, a new request first waits for one
@@ -101,12 +124,13 @@ if hasattr(os, "fork"):
         Children are reaped in ``service_actions()`` and ``handle_timeout()``.
         """
 
-        timeout = 300
-        active_children = None
-        max_children = 40
-        block_on_close = True
+        timeout = 300  # type: float | None
+        active_children = None  # type: set[int] | None
+        max_children = 40  # type: int
+        block_on_close = True  # type: bool
 
         def collect_children(self, *, blocking=False):
+            # type: (bool) -> None
             """Reap finished children; with ``blocking``, wait for all of them."""
             if self.active_children is None:
                 return
@@ -131,14 +155,17 @@ if hasattr(os, "fork"):
                     pass
 
         def handle_timeout(self):
+            # type: () -> None
             """Reap children when ``handle_request()`` times out."""
             self.collect_children()
 
         def service_actions(self):
+            # type: () -> None
             """Reap children between requests and on idle wakeups."""
             self.collect_children()
 
         def process_request(self, request, client_address):
+            # type: (Any, Address) -> None
             """Fork; the child serves the request and exits, the parent closes its copy."""
             pid = os.fork()
             if pid:
@@ -160,15 +187,16 @@ if hasattr(os, "fork"):
                     os._exit(status)
 
         def server_close(self):
+            # type: () -> None
             """Close the server, then reap children (waiting if ``block_on_close``)."""
             super().server_close()
             self.collect_children(blocking=self.block_on_close)
 
     class ForkingUDPServer(ForkingMixIn, UDPServer):
-        pass
+        """A UDP server that handles each datagram in a child process."""
 
     class ForkingTCPServer(ForkingMixIn, TCPServer):
-        pass
+        """A TCP server that serves each connection in a child process."""
 
 
 if hasattr(socket, "AF_UNIX"):
@@ -177,16 +205,16 @@ if hasattr(socket, "AF_UNIX"):
     __all__ += ["ThreadingUnixDatagramServer", "ThreadingUnixStreamServer"]
 
     class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer):
-        pass
+        """A Unix-domain stream server that serves each connection in a new thread."""
 
     class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
-        pass
+        """A Unix-domain datagram server that handles each datagram in a new thread."""
 
     if hasattr(os, "fork"):
         __all__ += ["ForkingUnixDatagramServer", "ForkingUnixStreamServer"]
 
         class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer):
-            pass
+            """A Unix-domain stream server that serves each connection in a child process."""
 
         class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer):
-            pass
+            """A Unix-domain datagram server that handles each datagram in a child process."""

@@ -13,6 +13,7 @@ and replies are sent through ``send()``, which works from any thread.
 """
 
 import socket
+from typing import TYPE_CHECKING, Any, Self
 
 from . import _core
 from ._fastpath import default_hook
@@ -37,31 +38,33 @@ class MessageHandler:
     Instance attributes: ``connection``, ``client_address``, ``server``.
     """
 
-    framing = "raw"
-    max_message_size = 65536
+    framing: str = "raw"
+    max_message_size: int = 65536
 
-    def __init__(self, connection, client_address, server):
+    def __init__(
+        self, connection: _core.Connection, client_address: Any, server: "_ReactorServer"
+    ) -> None:
         self.connection = connection
         self.client_address = client_address
         self.server = server
 
     @default_hook()
-    def setup(self):
+    def setup(self) -> None:
         """Called when the connection opens (for datagrams: before the message)."""
 
-    def handle_message(self, message):
+    def handle_message(self, message: bytes) -> Any:
         """Handle one message; return bytes to send back, or None."""
         return None
 
     @default_hook()
-    def finish(self):
+    def finish(self) -> None:
         """Called when the connection has closed (for datagrams: after the message)."""
 
-    def send(self, data):
+    def send(self, data: Any) -> None:
         """Queue ``data`` for the client; usable from any thread."""
         self.connection.send(data)
 
-    def close(self):
+    def close(self) -> None:
         """Close the connection once the data queued so far is written."""
         self.connection.close()
 
@@ -70,23 +73,28 @@ class _ReactorServer:
     """What the reactor servers share: socket set-up as ``TCPServer`` does it, the serving
     loop, shutdown and error reporting."""
 
-    address_family = socket.AF_INET
-    socket_type = socket.SOCK_STREAM
-    request_queue_size = socket.SOMAXCONN
-    allow_reuse_address = False
-    allow_reuse_port = False
+    address_family: int = socket.AF_INET
+    socket_type: int = socket.SOCK_STREAM
+    request_queue_size: int = socket.SOMAXCONN
+    allow_reuse_address: bool = False
+    allow_reuse_port: bool = False
     #: Seconds without input after which a connection is closed (None: never).
-    idle_timeout = None
+    idle_timeout: float | None = None
     #: Connections served at once; further clients wait in the backlog (None: no limit).
-    max_connections = None
+    max_connections: int | None = None
     #: Unsent output (bytes) past which a connection is not read until it drains.
-    write_buffer_limit = 1 << 20
+    write_buffer_limit: int = 1 << 20
     #: Worker threads for handlers that block (0: handlers run on the serving thread).
-    handler_threads = 0
+    handler_threads: int = 0
     #: Seconds an idle handler thread waits for work before it exits.
-    worker_idle_timeout = 10.0
+    worker_idle_timeout: float | None = 10.0
 
-    def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True):
+    def __init__(
+        self,
+        server_address: Any,
+        RequestHandlerClass: type[MessageHandler],
+        bind_and_activate: bool = True,
+    ) -> None:
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
         self._rs_reactor = _core.Reactor()
@@ -99,19 +107,26 @@ class _ReactorServer:
                 self.server_close()
                 raise
 
-    # Binding works exactly as for TCPServer (reuse options, recorded address).
-    server_bind = TCPServer.server_bind
+    if TYPE_CHECKING:
 
-    def server_activate(self):
+        def server_bind(self) -> None:
+            """Apply the reuse options and bind the socket; records the bound address."""
+
+    else:
+        # Binding works exactly as for TCPServer (reuse options, recorded address).
+        server_bind = TCPServer.server_bind
+
+    def server_activate(self) -> None:
         """Listen (stream sockets); the reactor needs the socket non-blocking."""
         if self.socket_type == socket.SOCK_STREAM:
             self.socket.listen(self.request_queue_size)
         self.socket.setblocking(False)
 
-    def fileno(self):
+    def fileno(self) -> int:
+        """The listening (or datagram) socket's descriptor."""
         return self.socket.fileno()
 
-    def serve_forever(self, poll_interval=0.5):
+    def serve_forever(self, poll_interval: float | None = 0.5) -> None:
         """Serve until ``shutdown()``. ``poll_interval`` is accepted for compatibility; the
         reactor never needs to wake up on a timer."""
         handler = self.RequestHandlerClass
@@ -130,7 +145,7 @@ class _ReactorServer:
         )
 
     @property
-    def _rs_handler_workers(self):
+    def _rs_handler_workers(self) -> Workers:
         workers = vars(self).get("_rs_workers")
         if workers is None:
             workers = vars(self)["_rs_workers"] = Workers(
@@ -138,7 +153,9 @@ class _ReactorServer:
             )
         return workers
 
-    def _rs_handle_batch(self, handler, messages, one_shot):
+    def _rs_handle_batch(
+        self, handler: MessageHandler, messages: list[bytes], one_shot: bool
+    ) -> None:
         """On a handler thread: handle a connection's batch of messages in order (or, for a
         datagram, its one message between ``setup()`` and ``finish()``)."""
         connection = handler.connection
@@ -160,12 +177,12 @@ class _ReactorServer:
             if not one_shot:
                 connection.batch_done()
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """Stop ``serve_forever()``: no more accepting, queued replies are written (for up to
         2 s), and it returns. Connections stay open until ``server_close()``."""
         self._rs_reactor.shutdown()
 
-    def server_close(self):
+    def server_close(self) -> None:
         """Close every connection (each handler's ``finish()`` runs), the socket, and the
         handler threads (after the work they were given)."""
         try:
@@ -177,19 +194,21 @@ class _ReactorServer:
             self.socket.close()
 
     @property
-    def connection_count(self):
+    def connection_count(self) -> int:
         """Connections open while the server is not serving (kept across serving calls)."""
         return self._rs_reactor.connection_count
 
-    def handle_error(self, handler, client_address):
+    def handle_error(self, handler: MessageHandler, client_address: Any) -> None:
         """Report an exception from a handler (or from framing its input); the server carries
         on and that connection is closed. Called as if from an ``except`` block."""
         print_request_error(client_address)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
+        """The server itself; leaving the ``with`` block calls ``server_close()``."""
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
+        """Call ``server_close()``; exceptions from the block propagate."""
         self.server_close()
 
 

@@ -194,6 +194,7 @@ class BaseServer:
     def server_close(self):
         # type: () -> None
         """Clean up the server. May be overridden."""
+        self._rs_engine.release()
 
     def finish_request(self, request, client_address):
         # type: (Any, Address) -> None
@@ -283,8 +284,9 @@ class TCPServer(BaseServer):
 
     def server_close(self):
         # type: () -> None
-        """Close the listening socket."""
+        """Close the listening socket (and the engine's own descriptors)."""
         self.socket.close()
+        self._rs_engine.release()
 
     @default_hook()
     def fileno(self):

@@ -6,6 +6,7 @@ happen first: ``install()`` makes ``import socketserver`` resolve to this packag
 """
 
 import sys
+from types import ModuleType
 
 __all__ = ["install"]
 
@@ -13,7 +14,7 @@ __all__ = ["install"]
 _CONSUMERS = ("http.server", "xmlrpc.server", "wsgiref.simple_server", "logging.config")
 
 
-def install():
+def install() -> ModuleType:
     """Make ``import socketserver`` return ``socketserver_rs`` from now on.
 
     Call it before importing ``http.server``, ``xmlrpc.server``, ``wsgiref.simple_server``
