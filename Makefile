@@ -8,9 +8,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 RUFF := $(VENV)/bin/ruff
+MATURIN := $(VENV)/bin/maturin
+# Where `make wheel` puts the release wheel and the sdist.
+DIST := dist
 # The extras of pyproject.toml that the venv gets.
 EXTRAS := test,lint
-MATURIN_DEVELOP := VIRTUAL_ENV="$(abspath $(VENV))" $(VENV)/bin/maturin develop --release --locked --extras $(EXTRAS)
+MATURIN_DEVELOP := VIRTUAL_ENV="$(abspath $(VENV))" $(MATURIN) develop --release --locked --extras $(EXTRAS)
 
 # Stamps: the venv is ready; the extension module is built from the current Rust sources.
 VENV_READY := $(VENV)/.ready
@@ -26,7 +29,7 @@ print("\n".join(dep for name in sys.argv[1].split(",") for dep in extras[name]))
 endef
 export LIST_EXTRAS
 
-.PHONY: help venv build test lint fmt demo bench clean
+.PHONY: help venv build test lint fmt demo bench wheel clean
 
 help: ## Show this list of targets
 	@echo "usage: make TARGET   (PYTHON=$(PYTHON) makes the venv; PYTEST_ARGS, DEMO_ARGS, BENCH_ARGS pass options on)"
@@ -53,11 +56,14 @@ test: $(BUILT) ## Run the Rust unit tests (cargo test), then the Python tests (p
 	PYO3_PYTHON="$(abspath $(PY))" cargo test --locked --workspace
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV_READY) ## Check formatting and lints: cargo fmt, cargo clippy, ruff check, ruff format
+# mypy.stubtest imports the built extension module, so lint builds first.
+lint: $(BUILT) ## Check formatting, lints and types: cargo fmt, clippy, ruff, mypy, stubtest
 	cargo fmt --all --check
 	PYO3_PYTHON="$(abspath $(PY))" cargo clippy --locked --workspace --all-targets -- -D warnings
 	$(RUFF) check .
 	$(RUFF) format --check .
+	$(PY) -m mypy
+	$(PY) -m mypy.stubtest socketserver_rs._core
 
 fmt: $(VENV_READY) ## Format Rust and Python sources in place and apply ruff's safe fixes
 	cargo fmt --all
@@ -70,7 +76,13 @@ demo: $(BUILT) ## Serve the uppercase echo on TCP and UDP 127.0.0.1:9999 until C
 bench: $(BUILT) ## Run the benchmarks (benches/run.py)
 	$(PY) benches/run.py $(BENCH_ARGS)
 
+wheel: $(VENV_READY) ## Build the release wheel (abi3) and the sdist into dist/
+	rm -rf $(DIST)
+	$(MATURIN) build --release --locked --out $(DIST)
+	$(MATURIN) sdist --out $(DIST)
+	@ls -l $(DIST)
+
 clean: ## Remove build outputs, caches and .venv
-	rm -rf target $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf target $(VENV) $(DIST) .pytest_cache .ruff_cache .mypy_cache .hypothesis
 	rm -f python/socketserver_rs/*.so
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

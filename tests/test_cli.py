@@ -1,10 +1,15 @@
-"""``python -m socketserver_rs``: the uppercase echo demo on TCP and UDP, run for real.
+"""``python -m socketserver_rs``: its commands (``echo``, ``http``), run for real.
 
-The demo runs as a child process (``--port 0`` unless a test says otherwise; the port comes
-from the line it prints), is talked to over TCP and UDP, and is stopped with SIGINT, as a
-person stops it with Ctrl-C: it must exit within a second, with status 0 and no traceback.
+Each server runs as a child process in a session of its own (``--port 0`` unless a test says
+otherwise; the address comes from the line it prints once serving), is talked to by real
+clients over TCP, UDP, Unix sockets or HTTP, and is stopped with SIGINT, as a person stops it
+with Ctrl-C: it must exit within a second, with status 0 and no traceback. Teardown kills
+whatever a test started (the child's whole session) that is still running.
 """
 
+import errno
+import http.client
+import importlib.metadata
 import os
 import queue
 import re
@@ -15,13 +20,35 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
 STARTUP_TIMEOUT = 20.0
 IO_TIMEOUT = 10.0
-STOP_LIMIT = 1.0  # how quickly Ctrl-C must end the demo
-BANNER = re.compile(r"tcp and udp 127\.0\.0\.1:(\d+);")
+STOP_LIMIT = 1.0  # how quickly Ctrl-C must end a server
+PROG = "python -m socketserver_rs"
+
+FAMILIES = ["threading", "pool", "reactor"] + (["forking"] if hasattr(os, "fork") else [])
+HAS_UNIX = hasattr(socket, "AF_UNIX")
+needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+
+# The class names each family serves with, by transport.
+CLASSES = {
+    "threading": ("ThreadingTCPServer", "ThreadingUDPServer", "ThreadingUnixStreamServer"),
+    "pool": ("ThreadPoolTCPServer", "ThreadPoolUDPServer", "ThreadPoolUnixStreamServer"),
+    "reactor": ("ReactorTCPServer", "ReactorUDPServer", "ReactorUnixStreamServer"),
+    "forking": ("ForkingTCPServer", "ForkingUDPServer", "ForkingUnixStreamServer"),
+}
+
+# What each command prints once it is serving: the address to talk to is in it.
+ECHO_BOTH = re.compile(r"uppercase echo on tcp and udp 127\.0\.0\.1:(\d+) with (\w+) and (\w+);")
+ECHO_ONE = re.compile(r"uppercase echo on (tcp|udp) 127\.0\.0\.1:(\d+) with (\w+);")
+ECHO_UNIX = re.compile(r"uppercase echo on unix (\S+) with (\w+);")
+HTTP = re.compile(r"over HTTP on 127\.0\.0\.1:(\d+) ")
+ANY_BANNER = re.compile(r"^(uppercase echo on|serving .* over HTTP on) ")
 
 
 def _child_env():
@@ -52,7 +79,8 @@ def _drain(stream, sink, lines):
 
 
 class Demo:
-    """``python -m socketserver_rs`` in a child process, its output collected as it comes."""
+    """``python -m socketserver_rs ARGS`` in a child process (the leader of a new session),
+    its output collected as it comes."""
 
     def __init__(self, *args, cwd):
         self.proc = subprocess.Popen(
@@ -63,6 +91,7 @@ class Demo:
             stderr=subprocess.PIPE,
             text=True,
             env=_child_env(),
+            start_new_session=True,
         )
         self.stdout_lines = []
         self.stderr_lines = []
@@ -91,8 +120,9 @@ class Demo:
     def output(self):
         return f"--- stdout ---\n{self.stdout}--- stderr ---\n{self.stderr}"
 
-    def wait_until_serving(self):
-        """Wait for the line the demo prints once both servers are bound; ``(port, line)``."""
+    def wait_until_serving(self, banner):
+        """Wait for the line that matches ``banner`` (printed once everything is bound);
+        returns the match."""
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while (remaining := deadline - time.monotonic()) > 0:
             try:
@@ -100,19 +130,25 @@ class Demo:
             except queue.Empty:
                 break
             if line is None:
-                pytest.fail(f"the demo exited before serving:\n{self.output()}")
-            if match := BANNER.search(line):
-                return int(match.group(1)), line
-        pytest.fail(f"the demo did not start serving in {STARTUP_TIMEOUT} s:\n{self.output()}")
+                pytest.fail(f"the server exited before serving:\n{self.output()}")
+            if match := banner.search(line):
+                return match
+            if ANY_BANNER.search(line):
+                pytest.fail(f"unexpected banner {line!r} (wanted {banner.pattern!r})")
+        pytest.fail(f"the server did not start serving in {STARTUP_TIMEOUT} s:\n{self.output()}")
 
-    def interrupt(self):
-        """Send SIGINT and wait for the process to end; how long it took."""
+    def interrupt(self, *, whole_group=False):
+        """Send SIGINT (to the process, or to its whole session's process group as a
+        terminal's Ctrl-C does) and wait for the process to end; how long it took."""
         started = time.monotonic()
-        self.proc.send_signal(signal.SIGINT)
+        if whole_group:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=STOP_LIMIT + 9)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the demo was still running 10 s after SIGINT:\n{self.output()}")
+            pytest.fail(f"still running 10 s after SIGINT:\n{self.output()}")
         elapsed = time.monotonic() - started
         self.join_readers()
         return elapsed
@@ -122,9 +158,12 @@ class Demo:
             reader.join(timeout=5)
 
     def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        """Kill the child's session (the child and anything it forked), then reap it."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the session is empty: everything in it has exited
+        self.proc.wait(timeout=10)
         self.join_readers()
         self.proc.stdout.close()
         self.proc.stderr.close()
@@ -132,7 +171,7 @@ class Demo:
 
 @pytest.fixture
 def start_demo(tmp_path):
-    """Start the demo; every one started is killed at teardown if it is still running."""
+    """Start ``python -m socketserver_rs``; every one started is killed at teardown."""
     started = []
 
     def start(*args):
@@ -145,8 +184,8 @@ def start_demo(tmp_path):
         demo.kill()
 
 
-def run_demo(*args, timeout=STARTUP_TIMEOUT):
-    """Run the demo with arguments that make it exit by itself; the ``CompletedProcess``."""
+def run_cli(*args, timeout=STARTUP_TIMEOUT):
+    """Run the CLI with arguments that make it exit by itself; the ``CompletedProcess``."""
     return subprocess.run(
         [sys.executable, "-m", "socketserver_rs", *args],
         stdin=subprocess.DEVNULL,
@@ -157,13 +196,17 @@ def run_demo(*args, timeout=STARTUP_TIMEOUT):
     )
 
 
+def recv_all(sock):
+    chunks = []
+    while chunk := sock.recv(4096):  # the echo answers once, then closes
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def tcp_exchange(port, payload):
     with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as sock:
         sock.sendall(payload)
-        chunks = []
-        while chunk := sock.recv(4096):  # the demo answers once, then closes
-            chunks.append(chunk)
-    return b"".join(chunks)
+        return recv_all(sock)
 
 
 def udp_exchange(port, payload):
@@ -173,6 +216,14 @@ def udp_exchange(port, payload):
         reply, sender = sock.recvfrom(65536)
     assert sender == ("127.0.0.1", port)
     return reply
+
+
+def unix_exchange(path, payload):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(IO_TIMEOUT)
+        sock.connect(path)
+        sock.sendall(payload)
+        return recv_all(sock)
 
 
 def free_port_for_tcp_and_udp():
@@ -189,8 +240,30 @@ def free_port_for_tcp_and_udp():
     pytest.fail("found no port free for both TCP and UDP")
 
 
-def assert_stops_cleanly_on_sigint(demo):
-    elapsed = demo.interrupt()
+def processes_in(directory):
+    """Pids of the processes whose working directory is ``directory`` (every process a
+    test's server forks inherits the test's ``tmp_path`` as its working directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/cwd") == str(directory):
+                    found.append(int(entry))
+            except OSError:
+                pass  # gone, or not ours to look at
+    return found
+
+
+def wait_for_processes_in(directory, count):
+    """Wait (bounded) until exactly ``count`` processes work in ``directory``; their pids."""
+    deadline = time.monotonic() + IO_TIMEOUT
+    while len(found := processes_in(directory)) != count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return found
+
+
+def assert_stops_cleanly_on_sigint(demo, *, whole_group=False):
+    elapsed = demo.interrupt(whole_group=whole_group)
     assert demo.proc.returncode == 0, demo.output()
     assert elapsed < STOP_LIMIT, f"took {elapsed:.2f} s to stop\n{demo.output()}"
     assert "Traceback" not in demo.stderr, demo.output()
@@ -198,12 +271,23 @@ def assert_stops_cleanly_on_sigint(demo):
     assert "stopped\n" in demo.stdout_lines, demo.output()
 
 
-# --- serving ---------------------------------------------------------------------------------
+def assert_usage_error(result, usage):
+    """Exit status 2, usage and a one-line error on stderr, nothing on stdout."""
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(f"usage: {usage}"), result.stderr
+    assert f"{usage}: error: " in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
-def test_demo_answers_tcp_and_udp_in_capitals_then_stops_on_sigint(start_demo):
+# --- echo: the default command -----------------------------------------------------------------
+
+
+def test_no_command_serves_the_uppercase_echo_on_tcp_and_udp_then_stops_on_sigint(start_demo):
     demo = start_demo("--port", "0")
-    port, _ = demo.wait_until_serving()
+    banner = demo.wait_until_serving(ECHO_BOTH)
+    port = int(banner.group(1))
+    assert banner.group(2, 3) == ("ThreadingTCPServer", "ThreadingUDPServer")
 
     assert tcp_exchange(port, b"hello over tcp\n") == b"HELLO OVER TCP\n"
     assert udp_exchange(port, b"hello over udp\n") == b"HELLO OVER UDP\n"
@@ -213,10 +297,10 @@ def test_demo_answers_tcp_and_udp_in_capitals_then_stops_on_sigint(start_demo):
     assert "udp 127.0.0.1:" in demo.stdout and "b'hello over udp\\n'" in demo.stdout
 
 
-def test_demo_serves_on_the_port_given(start_demo):
+def test_no_command_serves_on_the_port_given(start_demo):
     port = free_port_for_tcp_and_udp()
     demo = start_demo("--host", "127.0.0.1", "--port", str(port))
-    served_port, _ = demo.wait_until_serving()
+    served_port = int(demo.wait_until_serving(ECHO_BOTH).group(1))
 
     assert served_port == port
     assert tcp_exchange(port, b"abc") == b"ABC"
@@ -224,9 +308,10 @@ def test_demo_serves_on_the_port_given(start_demo):
     assert_stops_cleanly_on_sigint(demo)
 
 
-def test_demo_prints_one_line_on_how_to_talk_to_it(start_demo):
-    demo = start_demo("--port", "0")
-    port, line = demo.wait_until_serving()
+def test_echo_prints_one_line_on_how_to_talk_to_it(start_demo):
+    demo = start_demo("echo", "--port", "0")
+    banner = demo.wait_until_serving(ECHO_BOTH)
+    port, line = banner.group(1), banner.string
 
     assert f"nc 127.0.0.1 {port}" in line
     assert "nc -u" in line
@@ -234,31 +319,112 @@ def test_demo_prints_one_line_on_how_to_talk_to_it(start_demo):
     assert_stops_cleanly_on_sigint(demo)
 
 
-def test_demo_serves_a_tcp_client_while_another_stays_connected(start_demo):
-    demo = start_demo("--port", "0")
-    port, _ = demo.wait_until_serving()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_echo_serves_tcp_and_udp_with_each_family(start_demo, tmp_path, family):
+    demo = start_demo("echo", "--family", family, "--port", "0")
+    banner = demo.wait_until_serving(ECHO_BOTH)
+    port = int(banner.group(1))
+    assert banner.group(2, 3) == CLASSES[family][:2]
+
+    for number in range(3):
+        assert tcp_exchange(port, b"tcp %d\n" % number) == b"TCP %d\n" % number
+        assert udp_exchange(port, b"udp %d" % number) == b"UDP %d" % number
+
+    assert_stops_cleanly_on_sigint(demo)
+    if family == "forking" and os.path.isdir("/proc/self"):
+        assert wait_for_processes_in(tmp_path, 0) == [], "a child process outlived the server"
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_echo_serves_one_transport_with_each_family(start_demo, family, transport):
+    demo = start_demo("echo", "--transport", transport, "--family", family, "--port", "0")
+    banner = demo.wait_until_serving(ECHO_ONE)
+    protocol, port, class_name = banner.group(1), int(banner.group(2)), banner.group(3)
+    assert protocol == transport
+    assert class_name == CLASSES[family][0 if transport == "tcp" else 1]
+
+    if transport == "tcp":
+        assert tcp_exchange(port, b"only tcp\n") == b"ONLY TCP\n"
+        assert f"nc 127.0.0.1 {port}`" in banner.string
+    else:
+        assert udp_exchange(port, b"only udp") == b"ONLY UDP"
+        assert f"nc -u -w1 127.0.0.1 {port}`" in banner.string
+    assert_stops_cleanly_on_sigint(demo)
+
+
+@needs_unix
+@pytest.mark.parametrize("family", FAMILIES)
+def test_echo_serves_a_unix_socket_with_each_family_and_removes_it(start_demo, unix_dir, family):
+    path = os.path.join(str(unix_dir), "echo.sock")
+    demo = start_demo("echo", "--transport", "unix", "--path", path, "--family", family)
+    banner = demo.wait_until_serving(ECHO_UNIX)
+    assert banner.group(1, 2) == (path, CLASSES[family][2])
+    assert f"nc -U {path}`" in banner.string
+
+    assert unix_exchange(path, b"over a unix socket\n") == b"OVER A UNIX SOCKET\n"
+    assert unix_exchange(path, b"again") == b"AGAIN"
+
+    assert_stops_cleanly_on_sigint(demo)
+    assert "unix - b'over a unix socket\\n'" in demo.stdout
+    assert not os.path.exists(path), "the socket file was left behind"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_echo_serves_a_tcp_client_while_another_stays_connected(start_demo, tmp_path, family):
+    demo = start_demo("echo", "--family", family, "--port", "0")
+    port = int(demo.wait_until_serving(ECHO_BOTH).group(1))
 
     with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT):
-        # The first client sends nothing; its handler thread waits, the server does not.
+        # The first client sends nothing; its handler waits, the server does not.
         assert tcp_exchange(port, b"second\n") == b"SECOND\n"
         assert udp_exchange(port, b"third\n") == b"THIRD\n"
         # Ctrl-C must not wait for the silent client either.
         assert_stops_cleanly_on_sigint(demo)
+        if family == "forking" and os.path.isdir("/proc/self"):
+            # With the client still connected, its request child would wait on forever.
+            assert wait_for_processes_in(tmp_path, 0) == [], "a request child outlived it"
 
 
-def test_demo_answers_many_datagrams_in_a_row(start_demo):
+@needs_proc
+@pytest.mark.skipif("forking" not in FAMILIES, reason="needs os.fork")
+def test_forking_echo_stops_cleanly_when_ctrl_c_reaches_the_whole_process_group(
+    start_demo, tmp_path
+):
+    """A terminal's Ctrl-C signals every process of the foreground group: the server, the
+    child serving UDP and any request child. Only the server reports it."""
+    demo = start_demo("echo", "--family", "forking", "--port", "0")
+    port = int(demo.wait_until_serving(ECHO_BOTH).group(1))
+    assert tcp_exchange(port, b"a\n") == b"A\n"
+    assert udp_exchange(port, b"b") == b"B"
+    # Once the request children have exited: the server and the child serving UDP.
+    assert len(wait_for_processes_in(tmp_path, 2)) == 2
+
+    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT):
+        # A request child now waits for this silent client. Let it get past fork(): a SIGINT
+        # landing in a child's first microseconds interrupts Python's own after-fork code,
+        # which then reports an "exception ignored" (on the stdlib alike).
+        assert len(wait_for_processes_in(tmp_path, 3)) == 3
+        time.sleep(0.2)
+        assert_stops_cleanly_on_sigint(demo, whole_group=True)
+    assert demo.stdout.count("stopped") == 1, demo.output()
+    assert wait_for_processes_in(tmp_path, 0) == []
+
+
+def test_echo_answers_many_datagrams_in_a_row(start_demo):
     demo = start_demo("--port", "0")
-    port, _ = demo.wait_until_serving()
+    port = int(demo.wait_until_serving(ECHO_BOTH).group(1))
 
     for number in range(20):
         assert udp_exchange(port, b"d%d" % number) == b"D%d" % number
     assert_stops_cleanly_on_sigint(demo)
 
 
-def test_idle_demo_stops_promptly_on_sigint(start_demo):
-    demo = start_demo("--port", "0")
-    demo.wait_until_serving()
-    time.sleep(0.3)  # let both loops settle into their waits
+@pytest.mark.parametrize("family", FAMILIES)
+def test_idle_echo_stops_promptly_on_sigint(start_demo, family):
+    demo = start_demo("echo", "--family", family, "--port", "0")
+    demo.wait_until_serving(ECHO_BOTH)
+    time.sleep(0.3)  # let the loops settle into their waits
 
     assert_stops_cleanly_on_sigint(demo)
 
@@ -266,7 +432,7 @@ def test_idle_demo_stops_promptly_on_sigint(start_demo):
 @pytest.mark.skipif(shutil.which("nc") is None, reason="needs nc (netcat-openbsd)")
 def test_the_printed_nc_commands_work(start_demo):
     demo = start_demo("--port", "0")
-    port, _ = demo.wait_until_serving()
+    port = int(demo.wait_until_serving(ECHO_BOTH).group(1))
 
     tcp = subprocess.run(
         f"printf 'hello\\n' | nc 127.0.0.1 {port}",
@@ -286,38 +452,203 @@ def test_the_printed_nc_commands_work(start_demo):
     assert_stops_cleanly_on_sigint(demo)
 
 
-# --- options ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "args",
-    [["--bogus"], ["--port"], ["--port", "http"], ["--port", "70000"], ["--port", "-1"], ["x"]],
-    ids=["unknown", "missing-value", "not-a-number", "too-large", "negative", "positional"],
-)
-def test_bad_option_exits_with_status_2_and_usage(args):
-    result = run_demo(*args)
-
-    assert result.returncode == 2, result
-    assert result.stderr.startswith("usage: python -m socketserver_rs"), result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
-
-
-def test_help_describes_the_options_and_exits_0():
-    result = run_demo("--help")
-
-    assert result.returncode == 0, result
-    assert "--host" in result.stdout and "--port" in result.stdout
-    assert "9999" in result.stdout and "127.0.0.1" in result.stdout
-
-
-def test_port_in_use_exits_1_with_a_message():
+def test_echo_port_in_use_exits_1_with_a_message():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_demo("--port", str(port))
+        result = run_cli("--port", str(port))
 
     assert result.returncode == 1, result
     assert f"cannot serve on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@needs_unix
+def test_echo_unix_path_in_use_exits_1_and_leaves_the_file(unix_dir):
+    path = os.path.join(str(unix_dir), "taken.sock")
+    with socket.socket(socket.AF_UNIX) as taken:
+        taken.bind(path)
+        result = run_cli("echo", "--transport", "unix", "--path", path)
+
+    assert result.returncode == 1, result
+    assert f"cannot serve on {path}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert os.path.exists(path), "the CLI removed a socket file it did not create"
+
+
+# --- http --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A directory with a text file and a binary file in it."""
+    root = tmp_path / "site"
+    (root / "docs").mkdir(parents=True)
+    (root / "hello.txt").write_bytes(b"hello from socketserver_rs\n")
+    (root / "docs" / "blob.bin").write_bytes(bytes(range(256)) * 64)
+    return root
+
+
+def fetch(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=IO_TIMEOUT) as reply:
+        return reply.status, reply.headers, reply.read()
+
+
+def core_module_is_loaded(pid):
+    """Whether process ``pid`` has socketserver_rs's extension module mapped."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return any("_core.abi3" in line for line in maps)
+
+
+def test_http_serves_files_from_the_directory_to_urllib(start_demo, site):
+    demo = start_demo("http", "0", "--bind", "127.0.0.1", "--directory", str(site))
+    banner = demo.wait_until_serving(HTTP)
+    port = int(banner.group(1))
+    assert "on socketserver_rs" in banner.string and str(site) in banner.string
+
+    status, headers, body = fetch(port, "/hello.txt")
+    assert (status, body) == (200, b"hello from socketserver_rs\n")
+    assert headers["Content-Type"].startswith("text/plain")
+    assert fetch(port, "/docs/blob.bin")[2] == bytes(range(256)) * 64
+    status, _, listing = fetch(port, "/")
+    assert status == 200 and b"hello.txt" in listing and b"docs/" in listing
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        fetch(port, "/nothing-here")
+    assert missing.value.code == 404
+    if os.path.isdir("/proc/self"):
+        assert core_module_is_loaded(demo.proc.pid)
+
+    assert_stops_cleanly_on_sigint(demo)
+    assert '"GET /hello.txt HTTP/1.1" 200' in demo.stderr  # http.server's request log
+
+
+def test_http_serves_the_working_directory_by_default(start_demo, tmp_path):
+    (tmp_path / "here.txt").write_bytes(b"cwd")
+    demo = start_demo("http", "0")  # the child's working directory is tmp_path
+    port = int(demo.wait_until_serving(HTTP).group(1))
+
+    assert fetch(port, "/here.txt")[2] == b"cwd"
+    assert_stops_cleanly_on_sigint(demo)
+
+
+def test_http_keeps_connections_alive_and_still_stops_at_once(start_demo, site):
+    demo = start_demo("http", "0", "-d", str(site))
+    port = int(demo.wait_until_serving(HTTP).group(1))
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=IO_TIMEOUT)
+    try:
+        for _ in range(3):  # HTTP/1.1: one connection, several requests
+            connection.request("GET", "/hello.txt")
+            reply = connection.getresponse()
+            assert (reply.status, reply.read()) == (200, b"hello from socketserver_rs\n")
+        # The connection stays open, its handler thread waiting for the next request.
+        assert_stops_cleanly_on_sigint(demo)
+    finally:
+        connection.close()
+
+
+def test_http_port_in_use_exits_1_with_a_message(site):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("http", str(port), "--directory", str(site))
+
+    assert result.returncode == 1, result
+    assert f"cannot serve on 127.0.0.1:{port}" in result.stderr
+    assert os.strerror(errno.EADDRINUSE) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- options and help --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "usage"),
+    [
+        (["--bogus"], f"{PROG} echo"),
+        (["--port"], f"{PROG} echo"),
+        (["--port", "http"], f"{PROG} echo"),
+        (["--port", "70000"], f"{PROG} echo"),
+        (["--port", "-1"], f"{PROG} echo"),
+        (["x"], PROG),
+        (["echo", "--transport", "carrier-pigeon"], f"{PROG} echo"),
+        (["echo", "--family", "greenlets"], f"{PROG} echo"),
+        (["echo", "--transport", "unix"], f"{PROG} echo"),
+        (["echo", "--path", "x.sock"], f"{PROG} echo"),
+        (["echo", "--transport", "unix", "--path", "x.sock", "--port", "1"], f"{PROG} echo"),
+        (["echo", "surplus"], f"{PROG} echo"),
+        (["http", "not-a-port"], f"{PROG} http"),
+        (["http", "65536"], f"{PROG} http"),
+        (["http", "--directory", "/nonexistent/socketserver_rs"], f"{PROG} http"),
+        (["http", "8000", "8001"], f"{PROG} http"),
+        (["http", "--port", "8000"], f"{PROG} http"),
+    ],
+    ids=[
+        "unknown",
+        "missing-value",
+        "not-a-number",
+        "too-large",
+        "negative",
+        "unknown-command",
+        "unknown-transport",
+        "unknown-family",
+        "unix-without-path",
+        "path-without-unix",
+        "port-with-unix",
+        "echo-positional",
+        "http-port-not-a-number",
+        "http-port-too-large",
+        "http-missing-directory",
+        "http-two-ports",
+        "http-port-option",
+    ],
+)
+def test_bad_options_exit_with_status_2_and_usage(args, usage):
+    assert_usage_error(run_cli(*args), usage)
+
+
+def test_help_lists_the_commands_and_exits_0():
+    result = run_cli("--help")
+
+    assert result.returncode == 0, result
+    assert result.stdout.startswith(f"usage: {PROG}")
+    assert "echo" in result.stdout and "http" in result.stdout
+    assert "Without a command, runs echo" in result.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["echo"], ["http"]])
+def test_short_help_is_the_long_help(command):
+    short, long = run_cli(*command, "-h"), run_cli(*command, "--help")
+    assert short.returncode == long.returncode == 0
+    assert short.stdout == long.stdout
+
+
+def test_echo_help_describes_its_options_and_defaults():
+    result = run_cli("echo", "--help")
+
+    assert result.returncode == 0, result
+    assert result.stdout.startswith(f"usage: {PROG} echo")
+    for option in ("--transport", "--family", "--host", "--port", "--path"):
+        assert option in result.stdout
+    for choice in ("tcp", "udp", "unix", "both", *FAMILIES):
+        assert choice in result.stdout
+    assert "9999" in result.stdout and "127.0.0.1" in result.stdout
+
+
+def test_http_help_describes_its_options_and_defaults():
+    result = run_cli("http", "--help")
+
+    assert result.returncode == 0, result
+    assert result.stdout.startswith(f"usage: {PROG} http")
+    for option in ("--directory", "--bind", "port"):
+        assert option in result.stdout
+    assert "8000" in result.stdout and "127.0.0.1" in result.stdout
+
+
+def test_version_is_the_installed_distribution_version():
+    result = run_cli("--version")
+
+    assert result.returncode == 0, result
+    assert result.stdout.strip() == f"{PROG} {importlib.metadata.version('socketserver-rs')}"
