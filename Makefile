@@ -29,10 +29,10 @@ print("\n".join(dep for name in sys.argv[1].split(",") for dep in extras[name]))
 endef
 export LIST_EXTRAS
 
-.PHONY: help venv build test lint fmt demo bench wheel clean
+.PHONY: help venv build test lint fmt demo bench soak fuzz wheel clean
 
 help: ## Show this list of targets
-	@echo "usage: make TARGET   (PYTHON=$(PYTHON) makes the venv; PYTEST_ARGS, DEMO_ARGS, BENCH_ARGS pass options on)"
+	@echo "usage: make TARGET   (PYTHON=$(PYTHON) makes the venv; PYTEST_ARGS, DEMO_ARGS, BENCH_ARGS, SOAK_ARGS pass options on)"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 venv: $(VENV_READY) ## Create .venv with maturin and the test and lint extras
@@ -73,8 +73,18 @@ fmt: $(VENV_READY) ## Format Rust and Python sources in place and apply ruff's s
 demo: $(BUILT) ## Serve the uppercase echo on TCP and UDP 127.0.0.1:9999 until Ctrl-C
 	$(PY) -m socketserver_rs $(DEMO_ARGS)
 
-bench: $(BUILT) ## Run the benchmarks (benches/run.py)
+bench: $(BUILT) ## Run the benchmarks (benches/run.py); brings uvloop, and wrk where apt-get is
+	$(PY) -c "$$LIST_EXTRAS" bench > $(VENV)/bench-extras.txt
+	$(PIP) install --quiet -r $(VENV)/bench-extras.txt
+	command -v wrk >/dev/null || ! command -v apt-get >/dev/null || apt-get install -y -qq wrk >/dev/null || true
 	$(PY) benches/run.py $(BENCH_ARGS)
+
+soak: $(BUILT) ## Leak soak: 100,000 connection-per-request echoes per server family (~1-2 min)
+	$(PY) benches/soak.py $(SOAK_ARGS)
+
+FUZZ_SECONDS ?= 60
+fuzz: $(VENV_READY) ## Fuzz the reactor's framer for FUZZ_SECONDS (needs nightly and cargo-fuzz)
+	cd fuzz && PYO3_PYTHON="$(abspath $(PY))" cargo +nightly fuzz run framing -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
 
 wheel: $(VENV_READY) ## Build the release wheel (abi3) and the sdist into dist/
 	rm -rf $(DIST)
