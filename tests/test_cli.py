@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from _child_process import WITH_DEFAULT_SIGINT, child_env, drain
 
 STARTUP_TIMEOUT = 20.0
 IO_TIMEOUT = 10.0
@@ -51,33 +52,6 @@ HTTP = re.compile(r"over HTTP on 127\.0\.0\.1:(\d+) ")
 ANY_BANNER = re.compile(r"^(uppercase echo on|serving .* over HTTP on) ")
 
 
-def _child_env():
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.pop("PYTHONWARNINGS", None)
-    return env
-
-
-# A shell without job control starts background jobs with SIGINT ignored, and an ignored
-# signal stays ignored across exec: then Python never installs its Ctrl-C handler. Children
-# that get SIGINT therefore start through this trampoline, which resets SIGINT to its default
-# and execs the real command in the same process (a preexec_fn would do it after fork(), which
-# is unsafe while the reader threads run).
-WITH_DEFAULT_SIGINT = [
-    sys.executable,
-    "-c",
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
-]
-
-
-def _drain(stream, sink, lines):
-    for line in stream:
-        sink.append(line)
-        lines.put(line)
-    lines.put(None)
-
-
 class Demo:
     """``python -m socketserver_rs ARGS`` in a child process (the leader of a new session),
     its output collected as it comes."""
@@ -90,7 +64,7 @@ class Demo:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_child_env(),
+            env=child_env(),
             start_new_session=True,
         )
         self.stdout_lines = []
@@ -98,10 +72,10 @@ class Demo:
         self._lines = queue.Queue()
         self._readers = [
             threading.Thread(
-                target=_drain, args=(self.proc.stdout, self.stdout_lines, self._lines), daemon=True
+                target=drain, args=(self.proc.stdout, self.stdout_lines, self._lines), daemon=True
             ),
             threading.Thread(
-                target=_drain,
+                target=drain,
                 args=(self.proc.stderr, self.stderr_lines, queue.Queue()),
                 daemon=True,
             ),
@@ -192,7 +166,7 @@ def run_cli(*args, timeout=STARTUP_TIMEOUT):
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_child_env(),
+        env=child_env(),
     )
 
 

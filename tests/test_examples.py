@@ -6,7 +6,6 @@ person stops it with Ctrl-C: it must exit within two seconds, with status 0 and 
 Every wait is bounded, and teardown kills whatever a test started that is still running.
 """
 
-import os
 import queue
 import re
 import signal
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _child_process import WITH_DEFAULT_SIGINT, child_env, drain
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -25,33 +25,6 @@ STARTUP_TIMEOUT = 20.0  # a cold interpreter on a loaded CI machine can be slow 
 CLIENT_TIMEOUT = 20.0
 STOP_LIMIT = 2.0  # how quickly Ctrl-C must end a server
 BANNER = re.compile(r" on 127\.0\.0\.1:(\d+) ")
-
-
-def _child_env():
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.pop("PYTHONWARNINGS", None)
-    return env
-
-
-# A shell without job control starts background jobs with SIGINT ignored, and an ignored
-# signal stays ignored across exec: then Python never installs its Ctrl-C handler. Children
-# that get SIGINT therefore start through this trampoline, which resets SIGINT to its default
-# and execs the real command in the same process (a preexec_fn would do it after fork(), which
-# is unsafe while the reader threads run).
-WITH_DEFAULT_SIGINT = [
-    sys.executable,
-    "-c",
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
-]
-
-
-def _drain(stream, sink, lines):
-    for line in stream:
-        sink.append(line)
-        lines.put(line)
-    lines.put(None)
 
 
 class ServerProcess:
@@ -64,17 +37,17 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_child_env(),
+            env=child_env(),
         )
         self.stdout_lines = []
         self.stderr_lines = []
         self._lines = queue.Queue()
         self._readers = [
             threading.Thread(
-                target=_drain, args=(self.proc.stdout, self.stdout_lines, self._lines), daemon=True
+                target=drain, args=(self.proc.stdout, self.stdout_lines, self._lines), daemon=True
             ),
             threading.Thread(
-                target=_drain,
+                target=drain,
                 args=(self.proc.stderr, self.stderr_lines, queue.Queue()),
                 daemon=True,
             ),
@@ -172,7 +145,7 @@ def run_example(script, *args, stdin_text=None, timeout=CLIENT_TIMEOUT):
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=_child_env(),
+            env=child_env(),
         )
     except subprocess.TimeoutExpired as expired:
         pytest.fail(
