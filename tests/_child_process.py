@@ -2,7 +2,9 @@
 the child's environment, a start that makes Ctrl-C reach it, and collecting its output."""
 
 import os
+import queue
 import sys
+import threading
 
 
 def child_env():
@@ -32,3 +34,31 @@ def drain(stream, sink, lines):
         sink.append(line)
         lines.put(line)
     lines.put(None)
+
+
+class CollectsOutput:
+    """For a class with a ``proc`` (a ``subprocess.Popen`` with piped, text stdout and
+    stderr): collects both as they come; stdout lines are also queued in ``_lines``."""
+
+    def _collect_output(self):
+        self.stdout_lines = []
+        self.stderr_lines = []
+        self._lines = queue.Queue()
+        self._readers = [
+            threading.Thread(
+                target=drain, args=(self.proc.stdout, self.stdout_lines, self._lines), daemon=True
+            ),
+            threading.Thread(
+                target=drain, args=(self.proc.stderr, self.stderr_lines, queue.Queue()), daemon=True
+            ),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @property
+    def stdout(self):
+        return "".join(self.stdout_lines)
+
+    @property
+    def stderr(self):
+        return "".join(self.stderr_lines)

@@ -18,13 +18,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
-from _child_process import WITH_DEFAULT_SIGINT, child_env, drain
+from _child_process import WITH_DEFAULT_SIGINT, CollectsOutput, child_env
 
 STARTUP_TIMEOUT = 20.0
 IO_TIMEOUT = 10.0
@@ -52,7 +51,7 @@ HTTP = re.compile(r"over HTTP on 127\.0\.0\.1:(\d+) ")
 ANY_BANNER = re.compile(r"^(uppercase echo on|serving .* over HTTP on) ")
 
 
-class Demo:
+class Demo(CollectsOutput):
     """``python -m socketserver_rs ARGS`` in a child process (the leader of a new session),
     its output collected as it comes."""
 
@@ -67,29 +66,7 @@ class Demo:
             env=child_env(),
             start_new_session=True,
         )
-        self.stdout_lines = []
-        self.stderr_lines = []
-        self._lines = queue.Queue()
-        self._readers = [
-            threading.Thread(
-                target=drain, args=(self.proc.stdout, self.stdout_lines, self._lines), daemon=True
-            ),
-            threading.Thread(
-                target=drain,
-                args=(self.proc.stderr, self.stderr_lines, queue.Queue()),
-                daemon=True,
-            ),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    @property
-    def stdout(self):
-        return "".join(self.stdout_lines)
-
-    @property
-    def stderr(self):
-        return "".join(self.stderr_lines)
+        self._collect_output()
 
     def output(self):
         return f"--- stdout ---\n{self.stdout}--- stderr ---\n{self.stderr}"

@@ -12,12 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from _child_process import WITH_DEFAULT_SIGINT, child_env, drain
+from _child_process import WITH_DEFAULT_SIGINT, CollectsOutput, child_env
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -27,7 +26,7 @@ STOP_LIMIT = 2.0  # how quickly Ctrl-C must end a server
 BANNER = re.compile(r" on 127\.0\.0\.1:(\d+) ")
 
 
-class ServerProcess:
+class ServerProcess(CollectsOutput):
     """An example server in a child process, with its output collected as it comes."""
 
     def __init__(self, script, *args):
@@ -39,29 +38,7 @@ class ServerProcess:
             text=True,
             env=child_env(),
         )
-        self.stdout_lines = []
-        self.stderr_lines = []
-        self._lines = queue.Queue()
-        self._readers = [
-            threading.Thread(
-                target=drain, args=(self.proc.stdout, self.stdout_lines, self._lines), daemon=True
-            ),
-            threading.Thread(
-                target=drain,
-                args=(self.proc.stderr, self.stderr_lines, queue.Queue()),
-                daemon=True,
-            ),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    @property
-    def stdout(self):
-        return "".join(self.stdout_lines)
-
-    @property
-    def stderr(self):
-        return "".join(self.stderr_lines)
+        self._collect_output()
 
     def wait_for_line(self, pattern, timeout=STARTUP_TIMEOUT):
         """The match of the first stdout line (from now on) that matches ``pattern``."""

@@ -259,7 +259,10 @@ def test_shutdown_from_service_actions_on_the_serving_thread_does_not_deadlock(r
 # Signals in this process --------------------------------------------------------------------
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="main only")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signal handlers run only on the main thread",
+)
 def test_python_signal_handler_runs_while_serve_forever_waits(ss, harness):
     """A signal handler runs while the main thread waits in serve_forever() (not only when a
     request comes in), and the loop carries on serving afterwards."""
@@ -282,7 +285,10 @@ def test_python_signal_handler_runs_while_serve_forever_waits(ss, harness):
     assert replies == [b"echo:after"]
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="main only")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signal handlers run only on the main thread",
+)
 def test_exception_raised_by_a_signal_handler_ends_serve_forever(ss, harness):
     class Stop(Exception):
         pass
@@ -312,7 +318,10 @@ def test_exception_raised_by_a_signal_handler_ends_serve_forever(ss, harness):
     assert finished
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="main only")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signal handlers run only on the main thread",
+)
 def test_signal_during_handle_request_does_not_cut_its_timeout_short(ss, harness):
     """A signal whose handler returns normally wakes the wait early; handle_request() keeps
     waiting for the rest of its timeout and then calls handle_timeout() once."""
@@ -336,7 +345,10 @@ def test_signal_during_handle_request_does_not_cut_its_timeout_short(ss, harness
     assert 0.5 <= elapsed < 3.0
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="main only")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signal handlers run only on the main thread",
+)
 def test_exception_raised_by_a_signal_handler_ends_handle_request(ss, harness):
     class Stop(Exception):
         pass
@@ -362,7 +374,10 @@ def test_exception_raised_by_a_signal_handler_ends_handle_request(ss, harness):
     assert server.timeouts == 0
 
 
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="main only")
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signal handlers run only on the main thread",
+)
 def test_serving_leaves_the_signal_wakeup_fd_as_it_found_it(ss, harness):
     wakeup_r, wakeup_w = socket.socketpair()
     harness.callback(wakeup_r.close)
