@@ -2,24 +2,26 @@
 
 ``ss`` parametrises a test over the standard library's ``socketserver`` (id ``stdlib``, the
 oracle) and ``socketserver_rs`` (id ``rs``): such a test pins stdlib behaviour and must pass
-for both. ``harness`` owns servers, serving threads, clients and child processes and tears
-them all down, bounded in time.
+for both. It is our own plugin's ``socketserver_module`` (``socketserver_rs.testing``, loaded
+through its ``pytest11`` entry point), so ``--socketserver=stdlib|rs`` narrows the suite to one
+module. ``harness`` owns servers, serving threads, clients and child processes and tears them
+all down, bounded in time.
 """
 
 import shutil
-import socketserver
 import tempfile
 
 import pytest
 import socketserver_rs
 
-MODULES = {"stdlib": socketserver, "rs": socketserver_rs}
+# pytester: the plugin's own tests run test files of a user's in a scratch directory.
+pytest_plugins = ["pytester"]
 
 
-@pytest.fixture(params=list(MODULES))
-def ss(request):
+@pytest.fixture
+def ss(socketserver_module):
     """The module under test: ``socketserver`` or ``socketserver_rs``."""
-    return MODULES[request.param]
+    return socketserver_module
 
 
 @pytest.fixture

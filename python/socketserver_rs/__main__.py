@@ -7,6 +7,8 @@ Commands:
   request, a thread pool, the reactor, or a child process per request).
 - ``http``: serves a directory over HTTP, as ``python -m http.server`` does, with
   ``http.server`` running on socketserver_rs (through ``install()``).
+- ``run``: runs a Python program (``-m MODULE``, ``-c CODE`` or a script) as ``python`` would,
+  with ``import socketserver`` resolving to socketserver_rs (``_launcher``).
 
 Without a command it runs ``echo`` with its defaults (TCP and UDP on 127.0.0.1:9999), and
 options given without a command are ``echo``'s: ``python -m socketserver_rs --port 0``.
@@ -28,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol, cast
 
 import socketserver_rs as ss
+from socketserver_rs import _launcher
 
 READ_SIZE = 64 * 1024
 DEFAULT_HOST = "127.0.0.1"
@@ -419,6 +422,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="directory to serve (default: the current directory)",
     )
     http_command.set_defaults(run=_run_http)
+    commands.add_parser("run", help=_launcher.HELP, add_help=False)  # parsed by _launcher
     return parser, {"echo": echo, "http": http_command}
 
 
@@ -446,7 +450,10 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:  # replaces this process with the program, unless it errs
+        return _launcher.main(argv[1:])
+    args = _parse_args(argv)
     run = cast(Callable[[argparse.Namespace], int], args.run)
     try:
         return run(args)
