@@ -63,8 +63,8 @@ def program_command(argv: Sequence[str]) -> list[str]:
             if not rest:
                 raise UsageError(f"argument {option}: expected one argument")
             return [option, *rest]
-        if first.startswith(option) and first != option:  # -mhttp.server, like python takes
-            return [option, first[2:], *rest]
+        if first.startswith(option):  # -mhttp.server, as python takes it too
+            return [first, *rest]
     if first == "-" or not first.startswith("-"):
         return [first, *rest]
     raise UsageError(
