@@ -13,11 +13,15 @@ from _behaviour_helpers import (
     LOOPBACK,
     recv_until_eof,
 )
+from socketserver_rs.testing import HalfClose, Recv, RecvAll, Send, compare
 
 # Bounded per test, well above what any test needs, so a hang fails fast.
 pytestmark = pytest.mark.timeout(60)
 
 needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
+
+# The modules compare() runs a test on, by name.
+MODULE_NAMES = ("socketserver", "socketserver_rs")
 
 
 def serve_one(harness, server, payload=b"", half_close=True):
@@ -56,47 +60,61 @@ def test_handler_gets_request_client_address_and_server_then_runs_setup_handle_f
     assert handler_server is server
 
 
-def test_handler_finish_runs_even_when_handle_raises(ss, harness):
-    seen = []
-
-    class Handler(ss.BaseRequestHandler):
-        def handle(self):
-            raise RuntimeError("handle failed")
-
-        def finish(self):
-            seen.append("finish")
-
-    class Server(ss.TCPServer):
-        def handle_error(self, request, client_address):
-            seen.append("handle_error")
-
-    server = harness.server(Server, (LOOPBACK, 0), Handler, timeout=5.0)
-    harness.connect(server)
-    server.handle_request()
-    assert seen == ["finish", "handle_error"]
+# The tests below with no ``ss`` argument run on both modules at once, through the plugin's
+# compare(): the same scripted clients must see the same replies and closes from each, and
+# handle_error() must be called for the same exceptions; they then check what both did.
 
 
-def test_handler_skips_handle_and_finish_when_setup_raises(ss, harness):
-    seen = []
+def test_handler_finish_runs_even_when_handle_raises():
+    seen = {}
 
-    class Handler(ss.BaseRequestHandler):
-        def setup(self):
-            raise RuntimeError("setup failed")
+    def make_server(ss):
+        log = seen[ss.__name__] = []
 
-        def handle(self):
-            seen.append("handle")
+        class Handler(ss.BaseRequestHandler):
+            def handle(self):
+                raise RuntimeError("handle failed")
 
-        def finish(self):
-            seen.append("finish")
+            def finish(self):
+                log.append("finish")
 
-    class Server(ss.TCPServer):
-        def handle_error(self, request, client_address):
-            seen.append("handle_error")
+        class Server(ss.TCPServer):
+            def handle_error(self, request, client_address):
+                log.append("handle_error")
 
-    server = harness.server(Server, (LOOPBACK, 0), Handler, timeout=5.0)
-    harness.connect(server)
-    server.handle_request()
-    assert seen == ["handle_error"]
+        return Server((LOOPBACK, 0), Handler)
+
+    transcript = compare(make_server, [RecvAll()])
+    assert seen == {name: ["finish", "handle_error"] for name in MODULE_NAMES}
+    assert transcript.errors == ("RuntimeError: handle failed",)
+    assert transcript.replies == ((b"",),)
+
+
+def test_handler_skips_handle_and_finish_when_setup_raises():
+    seen = {}
+
+    def make_server(ss):
+        log = seen[ss.__name__] = []
+
+        class Handler(ss.BaseRequestHandler):
+            def setup(self):
+                raise RuntimeError("setup failed")
+
+            def handle(self):
+                log.append("handle")
+
+            def finish(self):
+                log.append("finish")
+
+        class Server(ss.TCPServer):
+            def handle_error(self, request, client_address):
+                log.append("handle_error")
+
+        return Server((LOOPBACK, 0), Handler)
+
+    transcript = compare(make_server, [RecvAll()])
+    assert seen == {name: ["handle_error"] for name in MODULE_NAMES}
+    assert transcript.errors == ("RuntimeError: setup failed",)
 
 
 def test_base_handler_methods_are_no_ops(ss):
@@ -289,19 +307,28 @@ def test_stream_handler_finish_closes_rfile_and_wfile(ss, harness):
     assert handler.wfile.closed
 
 
-def test_stream_handler_finish_tolerates_a_wfile_closed_by_the_handler(ss, harness):
+def stream_server_on(handle, **handler_attrs):
+    """For compare(): ``make_server(ss)`` giving a TCPServer whose StreamRequestHandler runs
+    ``handle``."""
+
+    def make_server(ss):
+        handler = type("Handler", (ss.StreamRequestHandler,), {"handle": handle, **handler_attrs})
+        return ss.TCPServer((LOOPBACK, 0), handler)
+
+    return make_server
+
+
+def test_stream_handler_finish_tolerates_a_wfile_closed_by_the_handler():
     def handle(self):
         self.wfile.write(b"bye")
         self.wfile.close()
 
-    server = make_stream_server(ss, harness, handle, wbufsize=-1)
-    errors = []
-    server.handle_error = lambda request, address: errors.append(address)
-    assert serve_one(harness, server) == b"bye"
-    assert errors == []
+    transcript = compare(stream_server_on(handle, wbufsize=-1), [HalfClose(), RecvAll()])
+    assert transcript.replies == ((b"bye",),)
+    assert transcript.errors == ()
 
 
-def test_stream_handler_reads_lines_and_answers_each(ss, harness):
+def test_stream_handler_reads_lines_and_answers_each():
     def handle(self):
         for _ in range(10):
             line = self.rfile.readline()
@@ -309,30 +336,21 @@ def test_stream_handler_reads_lines_and_answers_each(ss, harness):
                 break
             self.wfile.write(line.upper())
 
-    server = make_stream_server(ss, harness, handle)
-    assert serve_one(harness, server, b"one\ntwo\nthree\n") == b"ONE\nTWO\nTHREE\n"
+    client = [Send(b"one\ntwo\nthree\n"), HalfClose(), RecvAll()]
+    transcript = compare(stream_server_on(handle), client)
+    assert transcript.replies == ((b"ONE\nTWO\nTHREE\n",),)
 
 
-def test_stream_handler_handles_a_large_transfer(ss, harness):
+def test_stream_handler_handles_a_large_transfer():
     blob = os.urandom(1 << 20)
 
     def handle(self):
         data = self.rfile.read(len(blob))
         self.wfile.write(data[::-1])
 
-    server = make_stream_server(ss, harness, handle)
-    client = harness.connect(server)
-    replies = []
-
-    def talk():
-        client.sendall(blob)
-        client.shutdown(socket.SHUT_WR)
-        replies.append(recv_until_eof(client, limit=len(blob) + 1))
-
-    thread = harness.thread(talk)
-    server.handle_request()
-    thread.join(10)
-    assert replies == [blob[::-1]]
+    client = [Send(blob), HalfClose(), RecvAll(limit=len(blob) + 1)]
+    transcript = compare(stream_server_on(handle), client, timeout=10.0)
+    assert transcript.replies == ((blob[::-1],),)
 
 
 @needs_unix
@@ -406,26 +424,27 @@ def test_datagram_handler_replies_with_what_was_written_to_wfile(ss, harness):
     }
 
 
-def test_datagram_handler_sends_an_empty_datagram_when_nothing_was_written(ss, harness):
-    server = datagram_server(ss, harness, ss.UDPServer, (LOOPBACK, 0), lambda self: None)
-    client = harness.datagram_client(server)
-    client.sendto(b"silence", server.server_address)
-    server.handle_request()
-    assert client.recv(100) == b""
+def test_datagram_handler_sends_an_empty_datagram_when_nothing_was_written():
+    def make_server(ss):
+        handler = type("Handler", (ss.DatagramRequestHandler,), {"handle": lambda self: None})
+        return ss.UDPServer((LOOPBACK, 0), handler)
+
+    transcript = compare(make_server, [Send(b"silence"), Recv(100)])
+    assert transcript.replies == ((b"",),)
 
 
 @needs_unix
-def test_datagram_handler_replies_to_a_bound_unix_datagram_client(ss, harness, unix_dir):
+def test_datagram_handler_replies_to_a_bound_unix_datagram_client(unix_dir):
     def handle(self):
         self.wfile.write(self.rfile.read().upper())
 
-    server = datagram_server(
-        ss, harness, ss.UnixDatagramServer, os.path.join(str(unix_dir), "d"), handle
-    )
-    client = harness.datagram_client(server, address=os.path.join(str(unix_dir), "client"))
-    client.sendto(b"unix datagram", server.server_address)
-    server.handle_request()
-    assert client.recv(100) == b"UNIX DATAGRAM"
+    def make_server(ss):
+        handler = type("Handler", (ss.DatagramRequestHandler,), {"handle": handle})
+        return ss.UnixDatagramServer(os.path.join(str(unix_dir), f"d-{ss.__name__}"), handler)
+
+    # compare() binds the client to a path of its own, so that the reply can reach it.
+    transcript = compare(make_server, [Send(b"unix datagram"), Recv(100)])
+    assert transcript.replies == ((b"UNIX DATAGRAM",),)
 
 
 def test_datagram_handler_on_a_threading_udp_server(ss, harness):

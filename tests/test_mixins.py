@@ -20,6 +20,7 @@ from _behaviour_helpers import (
     server_records,
     wait_for,
 )
+from socketserver_rs.testing import HalfClose, Recv, RecvAll, Send, compare
 
 # Bounded per test, well above what any test needs, so a hang fails fast.
 pytestmark = pytest.mark.timeout(60)
@@ -156,29 +157,34 @@ def test_threading_server_handler_exception_goes_to_handle_error_on_the_request_
     assert address == client.getsockname()
 
 
+# These run on both modules at once, through the plugin's compare(): the same clients get the
+# same replies from each, and handle_error() is called on neither.
+
+
 @needs_unix
 @pytest.mark.parametrize("kind", ["stream", "datagram"])
-def test_threading_unix_servers_serve(ss, harness, unix_dir, kind):
-    path = os.path.join(str(unix_dir), "t")
+def test_threading_unix_servers_serve(unix_dir, kind):
+    def make_server(ss):
+        path = os.path.join(str(unix_dir), f"t-{ss.__name__}")
+        cls = ss.ThreadingUnixStreamServer if kind == "stream" else ss.ThreadingUnixDatagramServer
+        return cls(path, echo_handler(ss))
+
     if kind == "stream":
-        server = harness.server(ss.ThreadingUnixStreamServer, path, echo_handler(ss))
-        harness.serve(server)
-        assert harness.exchange(server, b"u") == b"echo:u"
-    else:
-        server = harness.server(ss.ThreadingUnixDatagramServer, path, echo_handler(ss))
-        harness.serve(server)
-        client = harness.datagram_client(server, address=os.path.join(str(unix_dir), "c"))
-        client.sendto(b"u", path)
-        assert client.recv(100) == b"echo:u"
+        transcript = compare(make_server, [Send(b"u"), HalfClose(), RecvAll()])
+    else:  # compare() binds a Unix datagram client to a path, so that the reply can come
+        transcript = compare(make_server, [Send(b"u"), Recv(100)])
+    assert transcript.replies == ((b"echo:u",),)
+    assert transcript.errors == ()
 
 
-def test_threading_udp_server_serves(ss, harness):
-    server = harness.server(ss.ThreadingUDPServer, (LOOPBACK, 0), echo_handler(ss))
-    harness.serve(server)
-    client = harness.datagram_client(server)
-    for i in range(3):
-        client.sendto(b"%d" % i, server.server_address)
-        assert client.recv(100) == b"echo:%d" % i
+def test_threading_udp_server_serves():
+    def make_server(ss):
+        return ss.ThreadingUDPServer((LOOPBACK, 0), echo_handler(ss))
+
+    client = [step for i in range(3) for step in (Send(b"%d" % i), Recv(100))]
+    transcript = compare(make_server, client)
+    assert transcript.replies == ((b"echo:0", b"echo:1", b"echo:2"),)
+    assert transcript.errors == ()
 
 
 # ForkingMixIn -------------------------------------------------------------------------------

@@ -19,12 +19,14 @@ from _behaviour_helpers import (
     client_reply,
     client_send,
     echo_handler,
+    is_stream,
     recv_until_eof,
     server_address,
     server_class,
     server_records,
     wait_for,
 )
+from socketserver_rs.testing import HalfClose, Recv, RecvAll, Send, compare
 
 # Bounded per test, well above what any test needs, so a hang fails fast.
 pytestmark = pytest.mark.timeout(60)
@@ -475,12 +477,21 @@ def test_serve_forever_serves_clients_queued_before_it_starts(ss, harness, unix_
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_serve_forever_serves_sequential_clients(ss, harness, unix_dir, kind):
-    server = make(harness, ss, kind, unix_dir)
-    harness.serve(server, poll_interval=POLL)
-    for i in range(10):
-        client, _ = client_send(harness, server, kind, b"s%d" % i, unix_dir, f"c{i}.sock")
-        assert client_reply(client, kind) == b"echo:s%d" % i
+def test_serve_forever_serves_sequential_clients(unix_dir, kind):
+    # On both modules at once, through the plugin's compare(): the same ten clients, the same
+    # replies, and no handle_error() call on either.
+    def make_server(ss):
+        return server_class(ss, kind)(
+            server_address(kind, unix_dir, f"{ss.__name__}.sock"), echo_handler(ss)
+        )
+
+    if is_stream(kind):
+        clients = [[Send(b"s%d" % i), HalfClose(), RecvAll()] for i in range(10)]
+    else:
+        clients = [[Send(b"s%d" % i), Recv()] for i in range(10)]
+    transcript = compare(make_server, *clients)
+    assert transcript.replies == tuple((b"echo:s%d" % i,) for i in range(10))
+    assert transcript.errors == ()
 
 
 def test_serve_forever_serves_concurrent_clients_of_a_threading_server(ss, harness):
