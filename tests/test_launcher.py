@@ -443,6 +443,29 @@ def test_the_plugins_stdlib_module_is_the_stdlibs_under_the_launcher(tmp_path):
     assert stdout.split() == ["socketserver", "socketserver_rs"]
 
 
+USERS_TESTS = """\
+import socketserver
+import socketserver_rs
+
+def test_swapped_and_compared_with_the_real_stdlib(socketserver_module, request):
+    assert socketserver is socketserver_rs
+    which = request.node.callspec.params["socketserver_module"]
+    expected = {"stdlib": "socketserver", "rs": "socketserver_rs"}[which]
+    assert socketserver_module.TCPServer.__module__ == expected
+    assert (socketserver_module is socketserver_rs) == (which == "rs")
+"""
+
+
+def test_pytest_runs_under_the_launcher_with_the_plugin_and_no_warnings(tmp_path):
+    (tmp_path / "test_users.py").write_text(USERS_TESTS)
+    args = ("-m", "pytest", "-v", "-p", "no:cacheprovider", "-W", "error", "test_users.py")
+    returncode, stdout, stderr = python(*RUN, *args, cwd=tmp_path)
+    assert returncode == 0, stdout + stderr
+    assert "test_swapped_and_compared_with_the_real_stdlib[stdlib] PASSED" in stdout
+    assert "test_swapped_and_compared_with_the_real_stdlib[rs] PASSED" in stdout
+    assert "warning" not in stdout.lower()
+
+
 # --- usage -----------------------------------------------------------------------------------
 
 USAGE = "python -m socketserver_rs run"

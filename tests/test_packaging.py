@@ -108,3 +108,30 @@ def test_package_is_imported_from_the_fresh_virtualenv_not_a_source_tree():
     # A fresh import resolves to the same place.
     spec = importlib.util.find_spec("socketserver_rs")
     assert Path(spec.origin).resolve().parent == package_dir()
+
+
+def test_the_launchers_sitecustomize_and_the_pytest_plugin_ship_with_the_package():
+    package = importlib.resources.files("socketserver_rs")
+    assert package.joinpath("_site", "sitecustomize.py").is_file()
+    assert package.joinpath("testing.py").is_file()
+    # Nothing else in the launcher's directory: it goes first on PYTHONPATH, where any other
+    # module would shadow one of the program's.
+    assert sorted(
+        p.name for p in package.joinpath("_site").iterdir() if p.name != "__pycache__"
+    ) == ["sitecustomize.py"]
+    files = installed_files()
+    if files is not None:  # a wheel: its RECORD lists them
+        assert {"_site/sitecustomize.py", "testing.py", "_launcher.py"} <= files
+
+
+def test_the_pytest_plugin_is_registered_through_the_pytest11_entry_point():
+    (entry_point,) = [
+        ep
+        for ep in importlib.metadata.distribution(DISTRIBUTION).entry_points
+        if ep.group == "pytest11"
+    ]
+    assert (entry_point.name, entry_point.value) == (
+        "socketserver_rs.testing",
+        "socketserver_rs.testing",
+    )
+    assert entry_point.load() is importlib.import_module("socketserver_rs.testing")

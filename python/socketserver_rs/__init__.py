@@ -4,6 +4,11 @@
 hooks, attributes and call order, with ``shutdown()`` and Ctrl-C answered at once and no
 idle wakeups. ``socketserver_rs.install()`` makes stdlib modules built on ``socketserver``
 (``http.server``, ``xmlrpc.server`` …) use it too.
+
+The package ships a pytest plugin (``socketserver_rs.testing``), so pytest would rewrite the
+asserts of every module here, and warn when the package was imported before it started (as
+under ``python -m socketserver_rs run -m pytest``); there are no asserts to rewrite, hence
+PYTEST_DONT_REWRITE.
 """
 
 import os
