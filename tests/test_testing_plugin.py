@@ -278,6 +278,7 @@ def test_compare_fails_on_different_replies():
 
         class Handler(ss.StreamRequestHandler):
             def handle(self):
+                self.rfile.readline()  # all the client sends: no reset at close
                 self.wfile.write(b"x\n")
 
         return ss.TCPServer((LOOPBACK, 0), Handler)
