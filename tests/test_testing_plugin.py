@@ -236,6 +236,35 @@ def test_serving_fails_instead_of_hanging_when_shutdown_does_not_return(ss):
         client.close()
 
 
+def test_serving_reraises_a_reactor_handlers_error(rs):
+    class Handler(rs.MessageHandler):
+        framing = "line"
+
+        def handle_message(self, message):
+            if message == b"fail\n":
+                raise KeyError("from handle_message")
+            return message.upper()
+
+    server = rs.ReactorTCPServer((LOOPBACK, 0), Handler)
+    with pytest.raises(KeyError, match="from handle_message"):
+        with serving(server) as address:
+            with socket.create_connection(address, timeout=5) as client:
+                client.sendall(b"ok\n")
+                assert client.recv(10) == b"OK\n"
+                client.sendall(b"fail\n")
+                assert client.recv(10) == b""  # the reactor closes that connection
+    assert server.socket.fileno() == -1
+
+
+def test_compare_refuses_a_server_whose_requests_it_cannot_count(rs):
+    def make(ss):
+        handler = type("Handler", (rs.MessageHandler,), {"framing": "line"})
+        return rs.ReactorTCPServer((LOOPBACK, 0), handler)
+
+    with pytest.raises(TypeError, match="cannot tell when a request of ReactorTCPServer ends"):
+        compare(make, [Send(b"x\n")], modules=[rs])
+
+
 def test_the_body_error_is_kept_as_the_context_of_a_handler_error(ss):
     server = echo_server(ss, lambda self: 1 / 0)
     with pytest.raises(ZeroDivisionError) as raised:
