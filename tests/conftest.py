@@ -14,8 +14,10 @@ import tempfile
 import pytest
 import socketserver_rs
 
-# pytester: the plugin's own tests run test files of a user's in a scratch directory.
-pytest_plugins = ["pytester"]
+# pytester: the plugin's own tests run test files of a user's in a scratch directory. Our
+# plugin is named too, though its entry point loads it already (pytest registers it once):
+# this is where ``socketserver_module`` comes from.
+pytest_plugins = ["pytester", "socketserver_rs.testing"]
 
 
 @pytest.fixture
