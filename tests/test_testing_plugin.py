@@ -83,6 +83,22 @@ def test_the_socketserver_option_selects_the_modules(pytester, option, ids):
     result.stdout.fnmatch_lines([f"*test_uppercase?{name}? PASSED*" for name in ids])
 
 
+def test_a_test_may_parametrize_socketserver_module_itself(pytester):
+    pytester.makepyfile(
+        test_user="""
+        import pytest
+        import socketserver_rs
+
+        @pytest.mark.parametrize("socketserver_module", [socketserver_rs], ids=["only-rs"])
+        def test_own(socketserver_module):
+            assert socketserver_module is socketserver_rs
+        """
+    )
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*test_own?only-rs? PASSED*"])
+
+
 def test_a_bad_socketserver_option_is_a_usage_error(pytester):
     pytester.makepyfile(test_user=USER_TESTS)
     result = pytester.runpytest("--socketserver=asyncio")

@@ -440,11 +440,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize ``socketserver_module`` over the selected modules."""
-    if "socketserver_module" in metafunc.fixturenames:
+    """Parametrize ``socketserver_module`` over the selected modules, unless the test does
+    it itself (``@pytest.mark.parametrize("socketserver_module", ...)``)."""
+    own = any(
+        "socketserver_module" in _argnames(marker.args[0])
+        for marker in metafunc.definition.iter_markers("parametrize")
+        if marker.args
+    )
+    if "socketserver_module" in metafunc.fixturenames and not own:
         selection = str(metafunc.config.getoption("socketserver"))
         names = [name for name, _ in socketserver_modules(selection)]
         metafunc.parametrize("socketserver_module", names, indirect=True, ids=names)
+
+
+def _argnames(names: object) -> list[str]:
+    """The argument names of a ``parametrize`` marker: "a, b" or a sequence of names."""
+    if isinstance(names, str):
+        return [name.strip() for name in names.split(",")]
+    return [str(name) for name in names] if isinstance(names, list | tuple) else []
 
 
 @pytest.fixture
