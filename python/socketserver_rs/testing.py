@@ -137,7 +137,7 @@ class _Running:
         self.errors: list[BaseException] = []
         self.finished = 0
         self._changed = threading.Condition()
-        self._serve_error: BaseException | None = None
+        self.escaped: BaseException | None = None  # what escaped serve_forever()
         self.counts_requests = hasattr(server, "close_request")
         hooks = ("handle_error", "close_request") if self.counts_requests else ("handle_error",)
         self._saved = {name: vars(server).get(name) for name in hooks}
@@ -175,7 +175,7 @@ class _Running:
         try:
             self.server.serve_forever(poll_interval)
         except BaseException as error:
-            self._serve_error = error
+            self.escaped = error
 
     def wait_for_requests(self, count: int) -> None:
         """Wait until ``count`` requests have been closed; fail after the timeout."""
@@ -183,6 +183,8 @@ class _Running:
         with self._changed:
             while self.finished < count:
                 left = deadline - time.monotonic()
+                if not self._thread.is_alive() and self.escaped is not None:
+                    raise self.escaped
                 if left <= 0 or not self._thread.is_alive():
                     raise AssertionError(
                         f"the server finished {self.finished} of {count} requests "
@@ -219,7 +221,7 @@ class _Running:
     def first_error(self) -> BaseException | None:
         """What escaped ``serve_forever()``, else the first exception of a request."""
         with self._changed:
-            return self._serve_error or (self.errors[0] if self.errors else None)
+            return self.escaped or (self.errors[0] if self.errors else None)
 
 
 @contextlib.contextmanager
@@ -387,8 +389,8 @@ def _transcript(
                 running.wait_for_requests(requests)
     finally:
         running.stop()
-    if running._serve_error is not None:
-        raise running._serve_error
+    if running.escaped is not None:
+        raise running.escaped
     errors = tuple(f"{type(error).__name__}: {error}" for error in running.errors)
     return Transcript(tuple(replies), errors)
 
