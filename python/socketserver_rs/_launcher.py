@@ -2,10 +2,10 @@
 
 ``python -m socketserver_rs run [-m MODULE | -c CODE | SCRIPT] [ARGS...]`` runs the program
 exactly as ``python`` would, with ``import socketserver`` resolving to socketserver_rs from
-interpreter start, in that process and in every Python process it starts.
+interpreter start, in that process and in the Python processes it starts.
 
 How: the launcher puts the directory of a small ``sitecustomize`` module that ships inside the
-package (``_site/``) first on ``PYTHONPATH`` and replaces itself (``os.execv``) with
+package (``_site/``) first on ``PYTHONPATH`` and replaces itself (``os.execve``) with
 ``python [the same interpreter options] -m MODULE | -c CODE | SCRIPT ARGS...``. At start-up
 that interpreter's ``site`` imports the ``sitecustomize``, which calls
 ``socketserver_rs.install()``, runs any ``sitecustomize`` of the user's that it shadows, and
