@@ -13,7 +13,6 @@ PYTEST_DONT_REWRITE.
 
 import os
 import socket
-from importlib import metadata
 
 from ._handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from ._mixins import ThreadingMixIn, ThreadingTCPServer, ThreadingUDPServer
@@ -75,7 +74,19 @@ for _name in __all__:
 del _name
 
 __version__: str
-try:
-    __version__ = metadata.version("socketserver-rs")
-except metadata.PackageNotFoundError:  # running from a source tree without metadata
-    __version__ = "0+unknown"
+
+
+def __getattr__(name: str) -> str:
+    """``__version__``, read from the installed distribution on first use: importing
+    ``importlib.metadata`` takes longer than the rest of the package, and every process run
+    through ``python -m socketserver_rs run`` imports the package at start-up."""
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import metadata
+
+    try:
+        version = metadata.version("socketserver-rs")
+    except metadata.PackageNotFoundError:  # running from a source tree without metadata
+        version = "0+unknown"
+    globals()["__version__"] = version
+    return version
