@@ -98,11 +98,17 @@ class Workers:
             self.threads.discard(threading.current_thread())
 
     def close(self, wait: bool) -> None:
-        """Take no more work; with ``wait``, join the workers once the queue is done."""
+        """Take no more work; with ``wait``, join the workers once the queue is done.
+
+        Daemon workers are never joined, as ``ThreadingMixIn`` never joins daemon request
+        threads: a handler blocked on a silent client must not hold up ``server_close()``
+        (and so Ctrl-C) when the user asked for threads the interpreter need not wait for.
+        """
         self.pool.close()
         if wait:
             for thread in list(self.threads):
-                thread.join()
+                if not thread.daemon:
+                    thread.join()
 
 
 class ThreadPoolMixIn(_MixInBase):
