@@ -6,24 +6,27 @@
 //! by attribute lookup on the server, so overrides always win.
 
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::Duration;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
 
-use crate::acquire::FastPath;
+use crate::acquire::{FastPath, Raw};
 use crate::deadline::{AcceptBackoff, Deadline, duration_from_secs, effective_timeout};
 use crate::errors::os_error;
 use crate::net::is_descriptor_exhaustion;
+use crate::parking::{Parking, shorter};
 use crate::poller::{Poller, PollerSlot, Wakeup};
 use crate::pool::{WorkItem, WorkerPool};
 use crate::shutdown::ShutdownLatch;
 use crate::signals::SignalWakeup;
-use crate::work_queue::Submitted;
+use crate::work_queue::{Submitted, WorkQueue};
 
 /// How often a `shutdown()` that is waiting for the loop looks for pending signals.
 const SHUTDOWN_SIGNAL_CHECK: Duration = Duration::from_millis(100);
@@ -39,8 +42,8 @@ const PLAN_DIRECT: u8 = 2;
 enum DirectExit {
     /// Shutdown was requested.
     Stopped,
-    /// The pool needs one more worker thread (already counted).
-    StartWorker,
+    /// The pool needs this many more worker threads (already counted).
+    StartWorkers(usize),
     /// A signal, a timeout or an interrupted call: Python should look.
     Python,
 }
@@ -53,6 +56,12 @@ pub struct Engine {
     poller: PollerSlot,
     /// The errno of the last failed `get_request()` in `_handle_request_noblock` (0: none).
     acquire_errno: AtomicI32,
+    /// `serve_forever()` parks connections (`dispatch_when_readable`): `park()` may take them.
+    parking_on: AtomicBool,
+    /// Connections `park()` took from Python's `process_request()`, for the loop to park.
+    handoff: Mutex<Vec<(RawFd, Py<PyAny>)>>,
+    /// Connections parked now (read by `stats()` without a lock).
+    parked: AtomicUsize,
 }
 
 /// Everything one serving call holds while it runs.
@@ -70,6 +79,10 @@ struct Session {
     /// The worker pool whose free capacity decides whether to accept (backpressure).
     pool: Option<Py<WorkerPool>>,
     backoff: AcceptBackoff,
+    /// Connections waiting for their first bytes (`dispatch_when_readable`, pools only).
+    parking: Option<Parking<WorkItem>>,
+    /// Parked Python-made requests whose first-byte timeout passed: `shutdown_request()`.
+    expired: Vec<Py<PyAny>>,
 }
 
 impl Engine {
@@ -110,6 +123,8 @@ impl Engine {
             plan_key: None,
             pool,
             backoff: AcceptBackoff::default(),
+            parking: None,
+            expired: Vec::new(),
         })
     }
 
@@ -188,16 +203,21 @@ impl Session {
         let py = server.py();
         // Accept only when the pool (if any) has a worker for the request: otherwise clients
         // wait in the kernel backlog and the first worker to free up wakes us.
+        // Parked connections cost no worker, so a parking loop accepts whatever the pool says.
         let listening = !self.backoff.is_paused()
-            && self
-                .pool
-                .as_ref()
-                .is_none_or(|pool| pool.get().queue().admit());
+            && (self.parking.is_some()
+                || self
+                    .pool
+                    .as_ref()
+                    .is_none_or(|pool| pool.get().queue().admit()));
         // A failure means the socket was closed under us (a handler called server_close()):
         // it has left the epoll set, and the loop goes on waiting for shutdown() like the
         // stdlib's.
         let _ = self.poller.set_listening(listening);
-        let timeout = self.backoff.cap(timeout);
+        let timeout = shorter(
+            self.backoff.cap(timeout),
+            self.parking.as_ref().and_then(Parking::until_next_deadline),
+        );
         let poller = &mut self.poller;
         let wakeup = py
             .detach(move || poller.wait(timeout))
@@ -266,16 +286,36 @@ impl Session {
         let queue = pool.get().queue();
         let latch = &engine.latch;
         let (poller, raw, backoff) = (&mut self.poller, &mut fast.raw, &mut self.backoff);
+        let (parking, expired) = (&mut self.parking, &mut self.expired);
         let exit = py
             .detach(|| -> io::Result<DirectExit> {
                 loop {
                     if latch.is_requested() {
                         return Ok(DirectExit::Stopped);
                     }
-                    let _ = poller.set_listening(!backoff.is_paused() && queue.admit());
-                    let wakeup = poller.wait(backoff.cap(interval))?;
-                    if wakeup.signalled || !(wakeup.readable || wakeup.woken) {
+                    let accepting = parking.is_some() || queue.admit();
+                    let _ = poller.set_listening(!backoff.is_paused() && accepting);
+                    let timeout = shorter(
+                        backoff.cap(interval),
+                        parking.as_ref().and_then(Parking::until_next_deadline),
+                    );
+                    let wakeup = poller.wait(timeout)?;
+                    let mut start = 0;
+                    if let Some(parking) = parking.as_mut() {
+                        start = dispatch_parked(parking, poller, queue, expired);
+                        engine.parked.store(parking.len(), Ordering::Relaxed);
+                    }
+                    if start > 0 {
+                        return Ok(DirectExit::StartWorkers(start));
+                    }
+                    if wakeup.signalled || !expired.is_empty() {
                         return Ok(DirectExit::Python);
+                    }
+                    if !(wakeup.readable || wakeup.woken) {
+                        if poller.ready().is_empty() {
+                            return Ok(DirectExit::Python); // poll_interval (or a deadline)
+                        }
+                        continue; // parked connections only
                     }
                     if !wakeup.readable {
                         continue; // a worker freed up, or shutdown: both are looked at above
@@ -283,9 +323,19 @@ impl Session {
                     match raw.acquire() {
                         Ok(item) => {
                             backoff.succeeded();
+                            let item = match parking.as_mut() {
+                                Some(parking) => match park_raw(parking, poller, item) {
+                                    None => {
+                                        engine.parked.store(parking.len(), Ordering::Relaxed);
+                                        continue;
+                                    }
+                                    Some(item) => item,
+                                },
+                                None => WorkItem::Raw(item),
+                            };
                             // A closed pool (server_close() under us) drops the connection.
-                            if let Ok(Submitted::StartWorker) = queue.submit(WorkItem::Raw(item)) {
-                                return Ok(DirectExit::StartWorker);
+                            if let Ok(Submitted::StartWorker) = queue.submit(item) {
+                                return Ok(DirectExit::StartWorkers(1));
                             }
                         }
                         Err(err) if err.kind() == io::ErrorKind::Interrupted => {
@@ -297,11 +347,108 @@ impl Session {
                 }
             })
             .map_err(|e| os_error(&e))?;
+        self.close_expired(server)?;
         py.check_signals()?;
-        if let DirectExit::StartWorker = exit {
-            server
-                .getattr(intern!(py, "_rs_workers"))?
-                .call_method0(intern!(py, "start_worker"))?;
+        if let DirectExit::StartWorkers(count) = exit {
+            start_workers(server, count)?;
+        }
+        Ok(())
+    }
+
+    /// Begin parking connections if the server asks for it (`_rs_first_byte_wait`: `None`
+    /// dispatches at once; otherwise the seconds a connection may stay silent).
+    fn start_parking(&mut self, engine: &Engine, server: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = server.py();
+        if self.pool.is_none() || !server.hasattr(intern!(py, "_rs_first_byte_wait"))? {
+            return Ok(());
+        }
+        let wait: Option<f64> = server
+            .getattr(intern!(py, "_rs_first_byte_wait"))?
+            .extract()?;
+        if let Some(seconds) = wait {
+            self.parking = Some(Parking::new(duration_from_secs(Some(seconds))));
+            engine.parking_on.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// The loop is ending: parked connections go to the workers as if parking were off
+    /// (after a clean stop), or are closed (the loop failed, e.g. on Ctrl-C).
+    fn stop_parking(
+        &mut self,
+        engine: &Engine,
+        server: &Bound<'_, PyAny>,
+        clean: bool,
+    ) -> PyResult<()> {
+        engine.parking_on.store(false, Ordering::Release);
+        self.take_handoff(engine);
+        let Some(mut parking) = self.parking.take() else {
+            return Ok(());
+        };
+        let items = parking.take_all(&self.poller);
+        engine.parked.store(0, Ordering::Relaxed);
+        let mut start = 0;
+        for item in items {
+            match (clean, &self.pool, item) {
+                (true, Some(pool), item) => {
+                    if let Ok(Submitted::StartWorker) = pool.get().queue().submit(item) {
+                        start += 1;
+                    }
+                }
+                (_, _, WorkItem::Ready(args)) => self.expired.push(args),
+                (_, _, WorkItem::Raw(raw)) => drop(raw), // closes the connection
+            }
+        }
+        self.close_expired(server)?;
+        start_workers(server, start)
+    }
+
+    /// Park the connections Python's `process_request()` handed to `Engine.park`.
+    fn take_handoff(&mut self, engine: &Engine) {
+        let handed: Vec<(RawFd, Py<PyAny>)> = std::mem::take(
+            &mut *engine
+                .handoff
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (fd, args) in handed {
+            let queue = self.pool.as_ref().map(|pool| pool.get().queue());
+            let parked = match &mut self.parking {
+                Some(parking) => parking.park(&self.poller, fd, WorkItem::Ready(args)),
+                None => Err((
+                    io::Error::from(io::ErrorKind::Unsupported),
+                    WorkItem::Ready(args),
+                )),
+            };
+            if let (Err((_, item)), Some(queue)) = (parked, queue) {
+                // Not parkable (the loop is ending): serve it as if parking were off.
+                let _ = queue.submit(item);
+            }
+        }
+    }
+
+    /// After a wait on the Python path: park what `process_request()` handed over, dispatch
+    /// the parked connections that spoke, close those that stayed silent too long.
+    fn tend_parking(&mut self, engine: &Engine, server: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.parking.is_none() {
+            return Ok(());
+        }
+        self.take_handoff(engine);
+        let (Some(parking), Some(pool)) = (&mut self.parking, &self.pool) else {
+            return Ok(());
+        };
+        let start = dispatch_parked(parking, &self.poller, pool.get().queue(), &mut self.expired);
+        engine.parked.store(parking.len(), Ordering::Relaxed);
+        self.close_expired(server)?;
+        start_workers(server, start)
+    }
+
+    /// `shutdown_request()` for parked Python-made requests that stayed silent too long.
+    fn close_expired(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = server.py();
+        for args in std::mem::take(&mut self.expired) {
+            let request = args.bind(py).get_item(0)?;
+            server.call_method1(intern!(py, "shutdown_request"), (request,))?;
         }
         Ok(())
     }
@@ -336,23 +483,29 @@ impl Engine {
         let interval = duration_from_secs(poll_interval);
         self.latch.begin_serving();
         let result = self.with_session(server, pool, |session| {
-            while !self.latch.is_requested() {
-                session.refresh_plan(server)?;
-                if session.direct {
-                    // service_actions() is the stock no-op here: nothing to call.
-                    session.serve_directly(self, server, interval)?;
-                    continue;
+            session.start_parking(self, server)?;
+            let served = (|| {
+                while !self.latch.is_requested() {
+                    session.refresh_plan(server)?;
+                    if session.direct {
+                        // service_actions() is the stock no-op here: nothing to call.
+                        session.serve_directly(self, server, interval)?;
+                        continue;
+                    }
+                    let wakeup = session.wait(server, interval)?;
+                    if self.latch.is_requested() {
+                        break;
+                    }
+                    if wakeup.readable {
+                        session.serve_one(self, server)?;
+                    }
+                    session.tend_parking(self, server)?;
+                    server.call_method0(intern!(py, "service_actions"))?;
                 }
-                let wakeup = session.wait(server, interval)?;
-                if self.latch.is_requested() {
-                    break;
-                }
-                if wakeup.readable {
-                    session.serve_one(self, server)?;
-                }
-                server.call_method0(intern!(py, "service_actions"))?;
-            }
-            Ok(())
+                Ok(())
+            })();
+            let stopped = session.stop_parking(self, server, served.is_ok());
+            served.and(stopped)
         });
         self.latch.end_serving();
         result
@@ -409,6 +562,33 @@ impl Engine {
             .store(errno.unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// Park a request `process_request()` made (`dispatch_when_readable`) until its first
+    /// bytes arrive. False when no `serve_forever()` on this thread parks connections: then
+    /// the caller hands it to a worker at once.
+    fn park(
+        &self,
+        request: &Bound<'_, PyAny>,
+        client_address: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        if !self.parking_on.load(Ordering::Acquire) || !self.latch.is_serving_thread() {
+            return Ok(false);
+        }
+        let py = request.py();
+        let fd: RawFd = request.call_method0(intern!(py, "fileno"))?.extract()?;
+        let args = PyTuple::new(py, [request, client_address])?;
+        self.handoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((fd, args.into_any().unbind()));
+        Ok(true)
+    }
+
+    /// Connections waiting in the engine for their first bytes (`dispatch_when_readable`).
+    #[getter]
+    fn parked(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
+    }
+
     /// The sticky shutdown request (the stdlib's `_BaseServer__shutdown_request`).
     #[getter]
     fn shutdown_requested(&self) -> bool {
@@ -419,4 +599,65 @@ impl Engine {
     fn set_shutdown_requested(&self, value: bool) {
         self.latch.set_requested(value);
     }
+}
+
+/// Park a freshly accepted connection; returns the item back when it cannot be parked (a
+/// datagram, or registration failed), to be served at once.
+fn park_raw(parking: &mut Parking<WorkItem>, poller: &Poller, raw: Raw) -> Option<WorkItem> {
+    match raw {
+        Raw::Connection(fd, peer) => {
+            let raw_fd = fd.as_raw_fd();
+            let item = WorkItem::Raw(Raw::Connection(fd, peer));
+            parking
+                .park(poller, raw_fd, item)
+                .err()
+                .map(|(_, item)| item)
+        }
+        datagram => Some(WorkItem::Raw(datagram)),
+    }
+}
+
+/// Hand parked connections that spoke to the workers and take out those that stayed silent
+/// too long: raw ones are closed here, Python-made ones go to `expired` (their
+/// `shutdown_request()` needs Python). Returns how many workers to start. No Python here.
+fn dispatch_parked(
+    parking: &mut Parking<WorkItem>,
+    poller: &Poller,
+    queue: &WorkQueue<WorkItem>,
+    expired: &mut Vec<Py<PyAny>>,
+) -> usize {
+    let mut start = 0;
+    for item in parking.take_readable(poller) {
+        // A closed pool (server_close() under us) drops the connection.
+        if let Ok(Submitted::StartWorker) = queue.submit(item) {
+            start += 1;
+        }
+    }
+    for item in parking.take_expired(poller, Instant::now()) {
+        match item {
+            WorkItem::Raw(raw) => drop(raw), // closes the connection; no handler ran
+            WorkItem::Ready(args) => expired.push(args),
+        }
+    }
+    start
+}
+
+/// Start `count` worker threads the pool has already counted.
+fn start_workers(server: &Bound<'_, PyAny>, count: usize) -> PyResult<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let py = server.py();
+    let workers = server.getattr(intern!(py, "_rs_workers"))?;
+    for started in 0..count {
+        if let Err(err) = workers.call_method0(intern!(py, "start_worker")) {
+            // That one is uncounted already; so are the rest, which will not be started.
+            let pool = workers.getattr(intern!(py, "pool"))?;
+            for _ in started + 1..count {
+                pool.call_method0(intern!(py, "worker_gone"))?;
+            }
+            return Err(err);
+        }
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ mod errors;
 #[doc(hidden)]
 pub mod framing;
 mod net;
+mod parking;
 mod poller;
 mod pool;
 mod reactor;

@@ -170,6 +170,11 @@ impl Poller {
             .reregister(&mut SourceFd(&fd), Token(FIRST_SOURCE + source), interest)
     }
 
+    /// Stop watching one of the caller's own descriptors that stays open.
+    pub fn deregister(&self, fd: RawFd) -> io::Result<()> {
+        self.poll.registry().deregister(&mut SourceFd(&fd))
+    }
+
     /// Readiness of the caller's own sources from the last `wait`.
     pub fn ready(&self) -> &[Ready] {
         &self.ready

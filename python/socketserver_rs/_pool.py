@@ -8,6 +8,7 @@ the engine stops accepting, so further clients wait in the kernel's backlog inst
 costing memory and threads here.
 """
 
+import math
 import os
 import socket
 import threading
@@ -118,13 +119,39 @@ class ThreadPoolMixIn(_MixInBase):
     connections served at once). ``worker_idle_timeout``: seconds an idle worker waits for
     work before it exits. ``daemon_threads`` and ``block_on_close`` mean what they mean for
     ``ThreadingMixIn``: daemon workers do not keep the interpreter alive, and
-    ``server_close()`` waits for queued and running requests when ``block_on_close`` is true.
+    ``server_close()`` waits for queued and running requests when ``block_on_close`` is true
+    (daemon workers are never waited for).
+
+    ``dispatch_when_readable`` (stream servers): an accepted connection waits in the engine,
+    costing a descriptor but no worker, until its first bytes arrive; one silent for
+    ``first_byte_timeout`` seconds (default: the handler class's ``timeout``; ``None`` for
+    both: no limit) is closed without calling the handler. Leave it off for protocols where
+    the server speaks first.
     """
 
     max_workers: int = min(64, 8 * (os.cpu_count() or 1) + 16)
     worker_idle_timeout: float | None = 10.0
     daemon_threads: bool = False
     block_on_close: bool = True
+    dispatch_when_readable: bool = False
+    first_byte_timeout: float | None = None
+
+    @property
+    def _rs_first_byte_wait(self) -> float | None:
+        """For the engine: ``None`` dispatches connections at once; otherwise the seconds a
+        parked connection may stay silent (``inf``: no limit). ``first_byte_timeout``, or
+        else the handler class's ``timeout``. Datagrams always carry their bytes."""
+        if not self.dispatch_when_readable or self.socket_type != socket.SOCK_STREAM:
+            return None
+        timeout = self.first_byte_timeout
+        if timeout is None:
+            timeout = getattr(self.RequestHandlerClass, "timeout", None)
+        if timeout is None:
+            return math.inf
+        timeout = float(timeout)
+        if not timeout >= 0:
+            raise ValueError(f"first_byte_timeout must be >= 0 or None, not {timeout!r}")
+        return timeout
 
     @property
     def _rs_workers(self) -> Workers:
@@ -147,7 +174,10 @@ class ThreadPoolMixIn(_MixInBase):
     @default_hook("pool")
     def process_request(self, request, client_address):
         # type: (Any, Address) -> None
-        """Hand the request to a worker, starting one if the pool may grow."""
+        """Hand the request to a worker, starting one if the pool may grow; with
+        ``dispatch_when_readable``, only once the client has sent its first bytes."""
+        if self.dispatch_when_readable and self._rs_engine.park(request, client_address):
+            return
         self._rs_workers.submit((request, client_address))
 
     def process_request_thread(self, request, client_address):
