@@ -5,10 +5,12 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::framing::{Decoder, FrameError};
 use crate::net;
+use crate::stats::Counters;
 
 /// Why reading from a connection stopped.
 #[derive(Debug)]
@@ -44,6 +46,16 @@ pub struct Conn<H> {
     pub closing: bool,
     /// Registered with the poller for writability too.
     pub wants_writable: bool,
+    /// The server's counters (bytes in and out; the close when dropped), once it has any.
+    pub stats: Option<Arc<Counters>>,
+}
+
+impl<H> Drop for Conn<H> {
+    fn drop(&mut self) {
+        if let Some(stats) = &self.stats {
+            Counters::bump(&stats.closed);
+        }
+    }
 }
 
 impl<H> Conn<H> {
@@ -61,6 +73,7 @@ impl<H> Conn<H> {
             read_closed: false,
             closing: false,
             wants_writable: false,
+            stats: None,
         }
     }
 
@@ -82,7 +95,12 @@ impl<H> Conn<H> {
     pub fn flush(&mut self) -> io::Result<bool> {
         while self.out_start < self.out.len() {
             match net::send_quietly(self.fd(), &self.out[self.out_start..]) {
-                Ok(n) => self.out_start += n,
+                Ok(n) => {
+                    self.out_start += n;
+                    if let Some(stats) = &self.stats {
+                        Counters::add(&stats.bytes_out, n as u64);
+                    }
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => return Err(err),
@@ -118,6 +136,9 @@ impl<H> Conn<H> {
                 }
                 Ok(n) => {
                     taken += n;
+                    if let Some(stats) = &self.stats {
+                        Counters::add(&stats.bytes_in, n as u64);
+                    }
                     self.last_active = Instant::now();
                     if let Err(err) = self.decoder.feed(&scratch[..n], emit) {
                         return ReadStop::Framing(err);

@@ -18,6 +18,7 @@ use crate::net::{self, DATAGRAM_BATCH, Datagram, RawAddr};
 use crate::reactor::{
     Command, Connection, Reactor, Session, Settings, bytes_of, framing_error, report,
 };
+use crate::stats::Counters;
 
 /// How long to wait before retrying replies the socket had no room for.
 const SEND_RETRY: Duration = Duration::from_millis(1);
@@ -97,7 +98,10 @@ impl<'r> DatagramLoop<'r> {
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
                 // Delivered, or undeliverable (peer gone, too large): either way it is done.
-                _ => {
+                sent => {
+                    if let Ok(n) = sent {
+                        Counters::add(&self.reactor.shared().stats.bytes_out, n as u64);
+                    }
                     self.outgoing.pop_front();
                 }
             }
@@ -114,6 +118,8 @@ impl<'r> DatagramLoop<'r> {
         let slot_size = self.settings.max_message_size;
         for (index, datagram) in std::mem::take(&mut self.received).into_iter().enumerate() {
             let address = peer_to_python(py, &datagram.from.peer())?.unbind();
+            Counters::bump(&shared.stats.acquired);
+            Counters::add(&shared.stats.bytes_in, datagram.len as u64);
             if datagram.truncated {
                 let err = framing_error(format!(
                     "datagram longer than max_message_size ({slot_size}) dropped"
@@ -156,6 +162,9 @@ impl<'r> DatagramLoop<'r> {
                 }
             })();
             self.queue_commands();
+            if handled.is_ok() {
+                Counters::bump(&shared.stats.requests);
+            }
             match handled {
                 Ok(Some(data)) => self.outgoing.push_back((datagram.from, data)),
                 Ok(None) => {}

@@ -15,7 +15,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 
 use crate::acquire::{FastPath, Raw};
 use crate::deadline::{AcceptBackoff, Deadline, duration_from_secs, effective_timeout};
@@ -26,6 +26,7 @@ use crate::poller::{Poller, PollerSlot, Wakeup};
 use crate::pool::{WorkItem, WorkerPool};
 use crate::shutdown::ShutdownLatch;
 use crate::signals::SignalWakeup;
+use crate::stats::Counters;
 use crate::work_queue::{Submitted, WorkQueue};
 
 /// How often a `shutdown()` that is waiting for the loop looks for pending signals.
@@ -62,6 +63,7 @@ pub struct Engine {
     handoff: Mutex<Vec<(RawFd, Py<PyAny>)>>,
     /// Connections parked now (read by `stats()` without a lock).
     parked: AtomicUsize,
+    stats: Counters,
 }
 
 /// Everything one serving call holds while it runs.
@@ -261,11 +263,11 @@ impl Session {
                 let outcome = server.call_method0(intern!(py, "_handle_request_noblock"))?;
                 // Our `_handle_request_noblock` reports the errno of an OSError it swallowed.
                 let errno = engine.acquire_errno.swap(0, Ordering::Relaxed);
-                self.note_failure((errno != 0).then_some(errno));
+                self.note_failure(engine, (errno != 0).then_some(errno));
                 return Ok(outcome);
             }
         };
-        self.note_failure(failure);
+        self.note_failure(engine, failure);
         Ok(py.None().into_bound(py))
     }
 
@@ -302,7 +304,7 @@ impl Session {
                     let wakeup = poller.wait(timeout)?;
                     let mut start = 0;
                     if let Some(parking) = parking.as_mut() {
-                        start = dispatch_parked(parking, poller, queue, expired);
+                        start = dispatch_parked(parking, poller, queue, expired, &engine.stats);
                         engine.parked.store(parking.len(), Ordering::Relaxed);
                     }
                     if start > 0 {
@@ -323,6 +325,7 @@ impl Session {
                     match raw.acquire() {
                         Ok(item) => {
                             backoff.succeeded();
+                            Counters::bump(&engine.stats.acquired);
                             let item = match parking.as_mut() {
                                 Some(parking) => match park_raw(parking, poller, item) {
                                     None => {
@@ -341,8 +344,16 @@ impl Session {
                         Err(err) if err.kind() == io::ErrorKind::Interrupted => {
                             return Ok(DirectExit::Python);
                         }
-                        Err(err) if is_descriptor_exhaustion(&err) => backoff.failed(),
-                        Err(_) => backoff.succeeded(), // as get_request(): this client only
+                        Err(err) => {
+                            if let Some(errno) = err.raw_os_error() {
+                                engine.stats.accept_error(errno);
+                            }
+                            if is_descriptor_exhaustion(&err) {
+                                backoff.failed();
+                            } else {
+                                backoff.succeeded(); // as get_request(): this client only
+                            }
+                        }
                     }
                 }
             })
@@ -396,7 +407,10 @@ impl Session {
                     }
                 }
                 (_, _, WorkItem::Ready(args)) => self.expired.push(args),
-                (_, _, WorkItem::Raw(raw)) => drop(raw), // closes the connection
+                (_, _, WorkItem::Raw(raw)) => {
+                    drop(raw); // closes the connection
+                    Counters::bump(&engine.stats.closed);
+                }
             }
         }
         self.close_expired(server)?;
@@ -437,7 +451,13 @@ impl Session {
         let (Some(parking), Some(pool)) = (&mut self.parking, &self.pool) else {
             return Ok(());
         };
-        let start = dispatch_parked(parking, &self.poller, pool.get().queue(), &mut self.expired);
+        let start = dispatch_parked(
+            parking,
+            &self.poller,
+            pool.get().queue(),
+            &mut self.expired,
+            &engine.stats,
+        );
         engine.parked.store(parking.len(), Ordering::Relaxed);
         self.close_expired(server)?;
         start_workers(server, start)
@@ -454,7 +474,10 @@ impl Session {
     }
 
     /// Back off from a listener that failed for lack of descriptors; reset otherwise.
-    fn note_failure(&mut self, errno: Option<i32>) {
+    fn note_failure(&mut self, engine: &Engine, errno: Option<i32>) {
+        if let Some(errno) = errno {
+            engine.stats.accept_error(errno);
+        }
         match errno.map(io::Error::from_raw_os_error) {
             Some(err) if is_descriptor_exhaustion(&err) => self.backoff.failed(),
             _ => self.backoff.succeeded(),
@@ -583,6 +606,46 @@ impl Engine {
         Ok(true)
     }
 
+    /// A request was acquired (accepted or received) and is about to be verified.
+    fn note_acquired(&self) {
+        Counters::bump(&self.stats.acquired);
+    }
+
+    /// An accepted connection was closed (`close_request()`).
+    fn note_closed(&self) {
+        Counters::bump(&self.stats.closed);
+    }
+
+    /// A handler returned (`ok`) or raised.
+    fn note_request(&self, ok: bool) {
+        Counters::bump(if ok {
+            &self.stats.requests
+        } else {
+            &self.stats.handler_errors
+        });
+    }
+
+    /// The engine's counters, read without a lock (see `docs/stats.md`).
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = &self.stats;
+        let dict = PyDict::new(py);
+        dict.set_item("acquired", Counters::get(&stats.acquired))?;
+        dict.set_item("closed", Counters::get(&stats.closed))?;
+        dict.set_item("requests", Counters::get(&stats.requests))?;
+        dict.set_item("handler_errors", Counters::get(&stats.handler_errors))?;
+        let errors = PyDict::new(py);
+        for (class, count) in stats.accept_errors() {
+            errors.set_item(class, count)?;
+        }
+        dict.set_item("accept_errors", errors)?;
+        dict.set_item("parked", self.parked.load(Ordering::Relaxed))?;
+        dict.set_item(
+            "first_byte_timeouts",
+            Counters::get(&stats.first_byte_timeouts),
+        )?;
+        Ok(dict)
+    }
+
     /// Connections waiting in the engine for their first bytes (`dispatch_when_readable`).
     #[getter]
     fn parked(&self) -> usize {
@@ -625,6 +688,7 @@ fn dispatch_parked(
     poller: &Poller,
     queue: &WorkQueue<WorkItem>,
     expired: &mut Vec<Py<PyAny>>,
+    stats: &Counters,
 ) -> usize {
     let mut start = 0;
     for item in parking.take_readable(poller) {
@@ -634,8 +698,12 @@ fn dispatch_parked(
         }
     }
     for item in parking.take_expired(poller, Instant::now()) {
+        Counters::bump(&stats.first_byte_timeouts);
         match item {
-            WorkItem::Raw(raw) => drop(raw), // closes the connection; no handler ran
+            WorkItem::Raw(raw) => {
+                drop(raw); // closes the connection; no handler ran
+                Counters::bump(&stats.closed);
+            }
             WorkItem::Ready(args) => expired.push(args),
         }
     }

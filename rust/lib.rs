@@ -20,6 +20,7 @@ mod pool;
 mod reactor;
 mod shutdown;
 mod signals;
+mod stats;
 mod stream_io;
 mod stream_loop;
 mod work_queue;

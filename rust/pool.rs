@@ -113,4 +113,9 @@ impl WorkerPool {
     fn queued(&self) -> usize {
         self.queue.counts().2
     }
+
+    /// `(workers, idle, queued)` read without the queue's lock, for statistics.
+    fn gauges(&self) -> (usize, usize, usize) {
+        self.queue.gauges()
+    }
 }

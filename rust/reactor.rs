@@ -29,6 +29,7 @@ use crate::net::RawAddr;
 use crate::poller::{Poller, PollerSlot};
 use crate::shutdown::{ShutdownLatch, current_thread_id};
 use crate::signals::SignalWakeup;
+use crate::stats::Counters;
 use crate::stream_loop::StreamLoop;
 
 /// A request from a handler to the loop.
@@ -61,6 +62,8 @@ pub struct Shared {
     pub poller: PollerSlot,
     /// The thread running the loop (0: none): commands from it need no wakeup.
     loop_thread: AtomicU64,
+    /// The server's counters (read by `stats()` without a lock).
+    pub stats: Arc<Counters>,
 }
 
 impl Shared {
@@ -219,6 +222,12 @@ pub fn report(
     let py = server.py();
     if !err.is_instance_of::<PyException>(py) {
         return Err(err);
+    }
+    if let Ok(reactor) = server
+        .getattr(intern!(py, "_rs_reactor"))
+        .and_then(|r| r.extract::<Py<Reactor>>().map_err(PyErr::from))
+    {
+        Counters::bump(&reactor.get().shared.stats.handler_errors);
     }
     let handler = handler.map_or_else(|| py.None(), |h| h.clone_ref(py));
     while_handling(py, &err, || {
@@ -426,6 +435,37 @@ impl Reactor {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Messages handled on worker threads (`handler_threads`): `handled` returned, `failed`
+    /// raised.
+    fn note_handled(&self, handled: u64, failed: u64) {
+        Counters::add(&self.shared.stats.requests, handled);
+        Counters::add(&self.shared.stats.handler_errors, failed);
+    }
+
+    /// The reactor's counters, read without a lock (see `docs/stats.md`).
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let stats = &self.shared.stats;
+        let dict = pyo3::types::PyDict::new(py);
+        for (name, counter) in [
+            ("acquired", &stats.acquired),
+            ("closed", &stats.closed),
+            ("requests", &stats.requests),
+            ("handler_errors", &stats.handler_errors),
+            ("bytes_in", &stats.bytes_in),
+            ("bytes_out", &stats.bytes_out),
+            ("backpressure_pauses", &stats.backpressure_pauses),
+            ("idle_timeouts", &stats.idle_timeouts),
+        ] {
+            dict.set_item(name, Counters::get(counter))?;
+        }
+        let errors = pyo3::types::PyDict::new(py);
+        for (class, count) in stats.accept_errors() {
+            errors.set_item(class, count)?;
+        }
+        dict.set_item("accept_errors", errors)?;
+        Ok(dict)
     }
 
     /// Connections currently open.

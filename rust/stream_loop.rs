@@ -15,6 +15,7 @@
 
 use std::ops::Range;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::Interest;
@@ -32,6 +33,7 @@ use crate::reactor::{
     Command, Connection, Handler, Reactor, Session, Settings, bytes_of, finish, framing_error,
     report,
 };
+use crate::stats::Counters;
 
 const SCRATCH: usize = 64 * 1024;
 /// Bytes read from one connection per turn before others get their go.
@@ -202,15 +204,20 @@ impl<'r> StreamLoop<'r> {
             match net::accept_nonblocking(self.session.listener) {
                 Ok(accepted) => {
                     self.backoff.succeeded();
+                    Counters::bump(&self.reactor.shared().stats.acquired);
                     self.accepted.push(accepted);
                 }
-                Err(err) if is_descriptor_exhaustion(&err) => {
-                    self.backoff.failed();
+                Err(err) => {
+                    if let Some(errno) = err.raw_os_error() {
+                        self.reactor.shared().stats.accept_error(errno);
+                    }
+                    if is_descriptor_exhaustion(&err) {
+                        self.backoff.failed();
+                    }
+                    // WouldBlock: the backlog is empty. Anything else (a client that reset
+                    // while queued, say) concerns only that client.
                     return;
                 }
-                // WouldBlock: the backlog is empty. Anything else (a client that reset while
-                // queued, say) concerns only that client.
-                Err(_) => return,
             }
         }
     }
@@ -345,15 +352,16 @@ impl<'r> StreamLoop<'r> {
                 Ok(handler) => handler,
                 Err(err) => {
                     drop(fd); // close the connection: it has no handler
+                    Counters::bump(&shared.stats.closed);
                     report(server, None, &address, err)?;
                     continue;
                 }
             };
             let decoder = Decoder::new(self.settings.framing, self.settings.max_message_size);
             let raw_fd = fd.as_raw_fd();
-            let inserted = self
-                .conns
-                .insert(Conn::new(fd, generation, decoder, handler));
+            let mut conn = Conn::new(fd, generation, decoder, handler);
+            conn.stats = Some(Arc::clone(&shared.stats));
+            let inserted = self.conns.insert(conn);
             debug_assert_eq!(inserted, slot);
             if let Err(err) = self
                 .session
@@ -438,7 +446,10 @@ impl<'r> StreamLoop<'r> {
                     .map_err(|e| framing_error(e.to_string()))
             });
             match queued {
-                Ok(()) => self.after_output(slot),
+                Ok(()) => {
+                    Counters::bump(&self.reactor.shared().stats.requests);
+                    self.after_output(slot);
+                }
                 Err(err) => {
                     let (object, address) = self.stop(py, slot);
                     report(server, Some(&object), &address, err)?;
@@ -507,6 +518,9 @@ impl<'r> StreamLoop<'r> {
         if conn.pending_output() > 0 {
             self.to_flush.push(slot);
             if conn.pending_output() > self.settings.write_buffer_limit {
+                if !conn.paused {
+                    Counters::bump(&self.reactor.shared().stats.backpressure_pauses);
+                }
                 conn.paused = true;
             }
         }
@@ -610,6 +624,7 @@ impl<'r> StreamLoop<'r> {
         for slot in slots {
             let conn = self.conns.get_mut(slot).expect("listed slot");
             if now.duration_since(conn.last_active) >= idle && !conn.closing {
+                Counters::bump(&self.reactor.shared().stats.idle_timeouts);
                 self.close_when_flushed(slot);
             }
         }

@@ -7,6 +7,7 @@
 //! `cargo test`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,8 @@ pub struct WorkQueue<T> {
     item_ready: Condvar,
     max_workers: usize,
     admission_waker: Mutex<Option<Arc<Waker>>>,
+    /// `(workers, idle, queued)` as of the last change, for readers that must not lock.
+    gauges: [AtomicUsize; 3],
 }
 
 impl<T> WorkQueue<T> {
@@ -56,7 +59,26 @@ impl<T> WorkQueue<T> {
             item_ready: Condvar::new(),
             max_workers: max_workers.max(1),
             admission_waker: Mutex::new(None),
+            gauges: Default::default(),
         }
+    }
+
+    /// Mirror the counts into `gauges` (called with the lock held, after every change).
+    fn publish(&self, state: &State<T>) {
+        self.gauges[0].store(state.workers, Ordering::Relaxed);
+        self.gauges[1].store(state.idle, Ordering::Relaxed);
+        self.gauges[2].store(state.items.len(), Ordering::Relaxed);
+    }
+
+    /// `(workers, idle, queued)` without taking the lock (for statistics: the three may be
+    /// from two neighbouring moments).
+    pub fn gauges(&self) -> (usize, usize, usize) {
+        let [workers, idle, queued] = &self.gauges;
+        (
+            workers.load(Ordering::Relaxed),
+            idle.load(Ordering::Relaxed),
+            queued.load(Ordering::Relaxed),
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, State<T>> {
@@ -71,13 +93,16 @@ impl<T> WorkQueue<T> {
         }
         state.items.push_back(item);
         if state.items.len() <= state.idle {
+            self.publish(&state);
             drop(state);
             self.item_ready.notify_one();
             Ok(Submitted::Handed)
         } else if state.workers < self.max_workers {
             state.workers += 1;
+            self.publish(&state);
             Ok(Submitted::StartWorker)
         } else {
+            self.publish(&state);
             Ok(Submitted::Queued)
         }
     }
@@ -87,6 +112,7 @@ impl<T> WorkQueue<T> {
     pub fn worker_gone(&self) {
         let mut state = self.lock();
         state.workers = state.workers.saturating_sub(1);
+        self.publish(&state);
         if std::mem::take(&mut state.admission_waiting) {
             self.wake_admission();
         }
@@ -98,6 +124,7 @@ impl<T> WorkQueue<T> {
     pub fn take(&self, idle_timeout: Duration) -> Option<T> {
         let mut state = self.lock();
         state.idle += 1;
+        self.publish(&state);
         let wake_admission = std::mem::take(&mut state.admission_waiting);
         if wake_admission {
             self.wake_admission();
@@ -106,6 +133,7 @@ impl<T> WorkQueue<T> {
         loop {
             if let Some(item) = state.items.pop_front() {
                 state.idle -= 1;
+                self.publish(&state);
                 return Some(item);
             }
             let now = Instant::now();
@@ -113,6 +141,7 @@ impl<T> WorkQueue<T> {
             if state.closed || expired {
                 state.idle -= 1;
                 state.workers -= 1;
+                self.publish(&state);
                 return None;
             }
             state = match retire_at {
@@ -270,5 +299,23 @@ mod tests {
         queue.worker_gone();
         assert_eq!(queue.counts(), (0, 0, 1));
         assert_eq!(queue.submit(2), Ok(Submitted::StartWorker));
+    }
+
+    #[test]
+    fn gauges_follow_the_counts_without_the_lock() {
+        let queue = Arc::new(WorkQueue::new(2));
+        assert_eq!(queue.gauges(), (0, 0, 0));
+        assert_eq!(queue.submit(1), Ok(Submitted::StartWorker));
+        assert_eq!(queue.gauges(), (1, 0, 1));
+        assert_eq!(queue.take(Duration::from_secs(1)), Some(1));
+        assert_eq!(queue.gauges(), (1, 0, 0));
+        let waiting = Arc::clone(&queue);
+        let worker = std::thread::spawn(move || waiting.take(Duration::from_millis(100)));
+        while queue.gauges().1 == 0 {
+            std::thread::yield_now();
+        }
+        assert_eq!(queue.gauges(), queue.counts());
+        assert_eq!(worker.join().unwrap(), None); // retired after idling
+        assert_eq!(queue.gauges(), (0, 0, 0));
     }
 }

@@ -141,7 +141,8 @@ class ThreadPoolMixIn(_MixInBase):
         """For the engine: ``None`` dispatches connections at once; otherwise the seconds a
         parked connection may stay silent (``inf``: no limit). ``first_byte_timeout``, or
         else the handler class's ``timeout``. Datagrams always carry their bytes."""
-        if not self.dispatch_when_readable or self.socket_type != socket.SOCK_STREAM:
+        stream = getattr(self, "socket_type", socket.SOCK_STREAM) == socket.SOCK_STREAM
+        if not self.dispatch_when_readable or not stream:
             return None
         timeout = self.first_byte_timeout
         if timeout is None:

@@ -19,6 +19,7 @@ from . import _core
 from ._fastpath import default_hook
 from ._pool import Workers
 from ._servers import TCPServer, print_request_error
+from ._stats import reactor_stats
 
 __all__ = ["MessageHandler", "ReactorTCPServer", "ReactorUDPServer"]
 
@@ -159,6 +160,7 @@ class _ReactorServer:
         """On a handler thread: handle a connection's batch of messages in order (or, for a
         datagram, its one message between ``setup()`` and ``finish()``)."""
         connection = handler.connection
+        handled = 0
         try:
             if one_shot:
                 handler.setup()
@@ -167,13 +169,17 @@ class _ReactorServer:
                     reply = handler.handle_message(message)
                     if reply is not None:
                         connection.send(reply)
+                    handled += 1
             finally:
                 if one_shot:
                     handler.finish()
         except Exception:
+            self._rs_reactor.note_handled(handled, 1)
+            handled = 0
             self.handle_error(handler, handler.client_address)
             connection.close()
         finally:
+            self._rs_reactor.note_handled(handled, 0)
             if not one_shot:
                 connection.batch_done()
 
@@ -192,6 +198,12 @@ class _ReactorServer:
             self._rs_reactor.close_all(self)
         finally:
             self.socket.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges for operators: connections accepted (or datagrams received),
+        active connections, messages handled, handler errors, accept errors by errno class,
+        bytes in and out, backpressure pauses, idle-timeout closes. See docs/stats.md."""
+        return reactor_stats(self)
 
     @property
     def connection_count(self) -> int:

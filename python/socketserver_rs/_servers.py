@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from . import _core
 from ._fastpath import default_hook
+from ._stats import server_stats
 
 # Types are given in PEP 484 type comments in this module (and in _mixins and _handlers):
 # the classes here stand in for the stdlib's, whose methods carry no annotations, and
@@ -163,6 +164,7 @@ class BaseServer:
     def _rs_serve_acquired(self, request, client_address):
         # type: (Any, Address) -> None
         """Verify and process an acquired request; the engine's fast path calls this."""
+        self._rs_engine.note_acquired()
         if not self.verify_request(request, client_address):
             self.shutdown_request(request)
             return
@@ -199,7 +201,19 @@ class BaseServer:
     def finish_request(self, request, client_address):
         # type: (Any, Address) -> None
         """Handle the request by instantiating ``RequestHandlerClass``."""
-        self.RequestHandlerClass(request, client_address, self)
+        try:
+            self.RequestHandlerClass(request, client_address, self)
+        except BaseException:
+            self._rs_engine.note_request(False)
+            raise
+        self._rs_engine.note_request(True)
+
+    def stats(self):
+        # type: () -> dict[str, Any]
+        """Counters and gauges for operators (not in the stdlib): connections accepted (or
+        datagrams received), active connections, requests served, handler errors, accept
+        errors by errno class, and for pools the workers and queue. See docs/stats.md."""
+        return server_stats(self)
 
     def shutdown_request(self, request):
         # type: (Any) -> None
@@ -321,6 +335,7 @@ class TCPServer(BaseServer):
         # type: (Any) -> None
         """Close the connection's socket."""
         request.close()
+        self._rs_engine.note_closed()
 
 
 class UDPServer(TCPServer):
