@@ -18,6 +18,8 @@ pytestmark = pytest.mark.timeout(60)
 # (pooled threading, reactor servers).
 DOCUMENTED_EXTRAS = {
     "install",
+    "listen_fds",
+    "sd_notify",
     "ForkingUnixStreamServer",
     "ForkingUnixDatagramServer",
     "ThreadPoolMixIn",

@@ -14,6 +14,7 @@ PYTEST_DONT_REWRITE.
 import os
 import socket
 
+from ._activation import listen_fds, sd_notify
 from ._handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from ._mixins import ThreadingMixIn, ThreadingTCPServer, ThreadingUDPServer
 from ._pool import ThreadPoolMixIn, ThreadPoolTCPServer, ThreadPoolUDPServer
@@ -39,6 +40,9 @@ __all__ = [
     "ReactorTCPServer",
     "ReactorUDPServer",
     "install",
+    # Socket activation (systemd's LISTEN_FDS) and service-manager notifications.
+    "listen_fds",
+    "sd_notify",
 ]
 
 if hasattr(os, "fork"):

@@ -15,7 +15,7 @@ and replies are sent through ``send()``, which works from any thread.
 import socket
 from typing import TYPE_CHECKING, Any, Self
 
-from . import _core
+from . import _activation, _core
 from ._fastpath import default_hook
 from ._pool import Workers
 from ._servers import TCPServer, print_request_error
@@ -119,7 +119,8 @@ class _ReactorServer:
 
     def server_activate(self) -> None:
         """Listen (stream sockets); the reactor needs the socket non-blocking."""
-        if self.socket_type == socket.SOCK_STREAM:
+        adopted_listening = _activation.is_adopted(self) and _activation.is_listening(self.socket)
+        if self.socket_type == socket.SOCK_STREAM and not adopted_listening:
             self.socket.listen(self.request_queue_size)
         self.socket.setblocking(False)
 
@@ -131,6 +132,13 @@ class _ReactorServer:
         """Serve until ``shutdown()``. ``poll_interval`` is accepted for compatibility; the
         reactor never needs to wake up on a timer."""
         handler = self.RequestHandlerClass
+        _activation.notify_quietly("READY=1")  # a no-op unless NOTIFY_SOCKET is set
+        try:
+            self._rs_serve(handler)
+        finally:
+            _activation.notify_quietly("STOPPING=1")
+
+    def _rs_serve(self, handler: type[MessageHandler]) -> None:
         self._rs_reactor.serve_forever(
             self,
             handler,
@@ -144,6 +152,19 @@ class _ReactorServer:
             calls_finish=getattr(handler.finish, "_socketserver_rs_default", None) is None,
             submit=self._rs_handler_workers.submit if self.handler_threads else None,
         )
+
+    @classmethod
+    def from_socket(
+        cls,
+        sock: socket.socket,
+        RequestHandlerClass: type[MessageHandler],
+        *args: Any,
+        **kwargs: Any,
+    ) -> Self:
+        """A server on ``sock``, an already bound (usually listening) socket, instead of a
+        newly bound one (see ``BaseServer.from_socket``). The reactor makes the socket
+        non-blocking, which the process that passed it shares."""
+        return _activation.from_socket(cls, sock, RequestHandlerClass, *args, **kwargs)
 
     @property
     def _rs_handler_workers(self) -> Workers:

@@ -10,7 +10,7 @@ import sys
 import traceback
 from typing import TYPE_CHECKING
 
-from . import _core
+from . import _activation, _core
 from ._fastpath import default_hook
 from ._stats import server_stats
 
@@ -116,7 +116,23 @@ class BaseServer:
         ``poll_interval`` seconds; with ``poll_interval=None`` it runs only after requests and
         an idle server never wakes up.
         """
-        self._rs_engine.serve_forever(self, poll_interval, getattr(self, "_rs_worker_pool", None))
+        _activation.notify_quietly("READY=1")  # a no-op unless NOTIFY_SOCKET is set
+        try:
+            pool = getattr(self, "_rs_worker_pool", None)
+            self._rs_engine.serve_forever(self, poll_interval, pool)
+        finally:
+            _activation.notify_quietly("STOPPING=1")
+
+    @classmethod
+    def from_socket(cls, sock, RequestHandlerClass, *args, **kwargs):
+        # type: (type[Self], socket.socket, HandlerFactory, *Any, **Any) -> Self
+        """A server on ``sock``, an already bound (usually listening) socket, instead of a
+        newly bound one: from ``listen_fds()``, a supervisor, or the previous process of a
+        restart. Not in the stdlib. The class is built with ``bind_and_activate=False``
+        (extra arguments follow the handler class), takes ``sock`` as its ``socket``, and
+        runs ``server_bind()``/``server_activate()`` without binding again or re-listening.
+        """
+        return _activation.from_socket(cls, sock, RequestHandlerClass, *args, **kwargs)
 
     def shutdown(self):
         # type: () -> None
@@ -284,6 +300,9 @@ class TCPServer(BaseServer):
     def server_bind(self):
         # type: () -> None
         """Apply the reuse options and bind the socket; records the bound address."""
+        if _activation.is_adopted(self):  # from_socket(): bound already
+            self.server_address = self.socket.getsockname()
+            return
         if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT"):
@@ -294,6 +313,8 @@ class TCPServer(BaseServer):
     def server_activate(self):
         # type: () -> None
         """Start listening, with a backlog of ``request_queue_size``."""
+        if _activation.is_adopted(self) and _activation.is_listening(self.socket):
+            return  # from_socket(): keep the backlog its creator chose
         self.socket.listen(self.request_queue_size)
 
     def server_close(self):
