@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol, cast
 
 import socketserver_rs as ss
-from socketserver_rs import _launcher
+from socketserver_rs import _cli_ops, _launcher
 
 READ_SIZE = 64 * 1024
 DEFAULT_HOST = "127.0.0.1"
@@ -136,10 +136,18 @@ class _Server(Protocol):
     def serve_forever(self, poll_interval: float | None = ...) -> None: ...
     def shutdown(self) -> None: ...
     def server_close(self) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
 
 
-def _echo_server(family: str, transport: str, address: Any, address_family: int) -> _Server:
-    """Make (and bind) the echo server of ``family`` for ``transport``.
+def _echo_server(
+    family: str,
+    transport: str,
+    address: Any,
+    address_family: int,
+    sock: socket.socket | None = None,
+) -> _Server:
+    """Make (and bind) the echo server of ``family`` for ``transport``; on ``sock``, an
+    inherited bound socket, when given (``--fd``).
 
     The demo's settings are class attributes of a subclass, since the constructor binds:
     request threads and children never hold up Ctrl-C (daemon threads, no waiting for the
@@ -153,7 +161,9 @@ def _echo_server(family: str, transport: str, address: Any, address_family: int)
         "allow_reuse_address": transport == "tcp",
         "address_family": address_family,
     }
-    cls = type(class_name, (base,), settings)
+    cls: Any = type(class_name, (base,), settings)
+    if sock is not None:
+        return cast(_Server, cls.from_socket(sock, handler))
     return cast(_Server, cls(address, handler))
 
 
@@ -223,7 +233,13 @@ def _run_echo(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as cleanup:
         secondary = None
         try:
-            if transport == "unix":
+            if args.fd is not None:
+                sock = _cli_ops.inherited_socket(args.fd)
+                transport = _cli_ops.transport_of(sock)
+                where = f"descriptor {args.fd}"
+                primary = _echo_server(family, transport, None, sock.family, sock)
+                cleanup.callback(primary.server_close)
+            elif transport == "unix":
                 where = args.path
                 primary = _echo_server(family, "unix", args.path, socket.AF_UNIX)
                 cleanup.callback(primary.server_close)
@@ -239,10 +255,12 @@ def _run_echo(args: argparse.Namespace) -> int:
                     address = primary.server_address[:2]
                     secondary = _echo_server(family, "udp", address, address_family)
                     cleanup.callback(secondary.server_close)
-        except OSError as error:
+        except (OSError, ValueError) as error:
             print(f"cannot serve on {where}: {error}", file=sys.stderr)
             return 1
 
+        servers = [s for s in (primary, secondary) if s is not None]
+        cleanup.callback(_cli_ops.start_stats_log(servers, args.stats_interval))
         if family == "forking":
             # Request children still running (a client that stays connected …): read at exit,
             # since the server makes its set of children on the first fork.
@@ -303,16 +321,27 @@ def _run_http(args: argparse.Namespace) -> int:
         print("cannot serve HTTP: http.server is built on the stdlib socketserver", file=sys.stderr)
         return 1
     try:
-        family = _inet_family(args.bind)
+        if args.fd is not None:
+            where = f"descriptor {args.fd}"
+            sock = _cli_ops.inherited_socket(args.fd)
+            if _cli_ops.transport_of(sock) != "tcp":
+                raise ValueError("HTTP needs a TCP socket")
+            # Built on socketserver_rs by install(): it has from_socket().
+            server_class = cast(Any, http.server.ThreadingHTTPServer)
+            server = cast(_Server, server_class.from_socket(sock, handler))
+        else:
+            family = _inet_family(args.bind)
 
-        class HTTPServer(http.server.ThreadingHTTPServer):
-            address_family = family
+            class HTTPServer(http.server.ThreadingHTTPServer):
+                address_family = family
 
-        # Typed as the CLI sees servers: type checkers know http.server on the stdlib only.
-        server = cast(_Server, HTTPServer((args.bind, args.port), handler))
-    except OSError as error:
+            # Typed as the CLI sees servers: type checkers know http.server on the stdlib
+            # only.
+            server = cast(_Server, HTTPServer((args.bind, args.port), handler))
+    except (OSError, ValueError) as error:
         print(f"cannot serve on {where}: {error}", file=sys.stderr)
         return 1
+    stop_stats = _cli_ops.start_stats_log([server], args.stats_interval)
     try:
         address = _host_port(*server.server_address[:2])
         print(
@@ -323,6 +352,7 @@ def _run_http(args: argparse.Namespace) -> int:
         )
         server.serve_forever(poll_interval=None)
     finally:
+        stop_stats()
         server.server_close()
     return 0
 
@@ -391,6 +421,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help=f"port for tcp, udp and both (default: {DEFAULT_ECHO_PORT}; 0: any free port)",
     )
     echo.add_argument("--path", help="socket path for --transport unix (required there)")
+    _cli_ops.add_options(echo)
     echo.set_defaults(run=_run_echo)
 
     http_command = commands.add_parser(
@@ -421,6 +452,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         default=os.curdir,
         help="directory to serve (default: the current directory)",
     )
+    _cli_ops.add_options(http_command)
     http_command.set_defaults(run=_run_http)
     commands.add_parser("run", help=_launcher.HELP, add_help=False)  # parsed by _launcher
     return parser, {"echo": echo, "http": http_command}
@@ -435,7 +467,10 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
         commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "echo":
         echo = commands["echo"]
-        if args.transport == "unix":
+        if args.fd is not None:
+            if args.path is not None or args.host is not None or args.port is not None:
+                echo.error("--fd serves the inherited socket: no --host, --port or --path")
+        elif args.transport == "unix":
             if args.path is None:
                 echo.error("--transport unix needs --path")
             if args.host is not None or args.port is not None:
