@@ -5,6 +5,7 @@ parked connections, and the reactor's bytes, backpressure pauses and idle-timeou
 socketserver_rs only (the stdlib has no stats)."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -330,3 +331,44 @@ def test_stats_reading_does_not_wait_for_a_busy_server(rs, harness):
     for _ in range(1000):
         server.stats()
     assert time.monotonic() - started < 5.0
+
+
+@pytest.mark.parametrize(
+    "name", ["UnixStreamServer", "ThreadPoolUnixStreamServer", "ReactorUnixStreamServer"]
+)
+def test_unix_stream_server_counts(rs, harness, unix_dir, name):
+    if name.startswith("Reactor"):
+
+        class Handler(rs.MessageHandler):
+            framing = "line"
+
+            def handle_message(self, message):
+                return message
+
+    else:
+        Handler = stream_handler(rs)
+    path = os.path.join(unix_dir, "stats.sock")
+    server = harness.server(getattr(rs, name), path, Handler)
+    harness.serve(server)
+    for _ in range(3):
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(5)
+            client.connect(path)
+            client.sendall(b"hi\n")
+            assert client.recv(10) == b"hi\n"
+    assert wait_for(lambda: server.stats()["active_connections"] == 0, 5)
+    stats = server.stats()
+    assert stats["accepted"] == 3
+    assert stats["requests"] == 3
+
+
+def test_forking_server_counts_connections_in_the_parent(rs, harness):
+    """Handlers run in the children: the parent sees connections, not requests."""
+    server = harness.server(rs.ForkingTCPServer, (LOOPBACK, 0), stream_handler(rs))
+    harness.serve(server)
+    for _ in range(2):
+        line_exchange(server, b"a\n")
+    assert wait_for(lambda: server.stats()["active_connections"] == 0, 5)
+    stats = server.stats()
+    assert stats["accepted"] == 2
+    assert stats["requests"] == 0
