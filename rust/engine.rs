@@ -392,13 +392,12 @@ impl Session {
         clean: bool,
     ) -> PyResult<()> {
         engine.parking_on.store(false, Ordering::Release);
-        self.take_handoff(engine);
+        let mut start = self.take_handoff(engine);
         let Some(mut parking) = self.parking.take() else {
             return Ok(());
         };
         let items = parking.take_all(&self.poller);
         engine.parked.store(0, Ordering::Relaxed);
-        let mut start = 0;
         for item in items {
             match (clean, &self.pool, item) {
                 (true, Some(pool), item) => {
@@ -417,28 +416,27 @@ impl Session {
         start_workers(server, start)
     }
 
-    /// Park the connections Python's `process_request()` handed to `Engine.park`.
-    fn take_handoff(&mut self, engine: &Engine) {
+    /// Park the connections Python's `process_request()` handed to `Engine.park`; one that
+    /// cannot be parked goes to the workers at once. Returns how many workers to start.
+    fn take_handoff(&mut self, engine: &Engine) -> usize {
         let handed: Vec<(RawFd, Py<PyAny>)> = std::mem::take(
             &mut *engine
                 .handoff
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
+        let (Some(parking), Some(pool)) = (&mut self.parking, &self.pool) else {
+            return 0; // `park()` only hands over while both exist
+        };
+        let mut start = 0;
         for (fd, args) in handed {
-            let queue = self.pool.as_ref().map(|pool| pool.get().queue());
-            let parked = match &mut self.parking {
-                Some(parking) => parking.park(&self.poller, fd, WorkItem::Ready(args)),
-                None => Err((
-                    io::Error::from(io::ErrorKind::Unsupported),
-                    WorkItem::Ready(args),
-                )),
-            };
-            if let (Err((_, item)), Some(queue)) = (parked, queue) {
-                // Not parkable (the loop is ending): serve it as if parking were off.
-                let _ = queue.submit(item);
+            if let Err((_, item)) = parking.park(&self.poller, fd, WorkItem::Ready(args))
+                && let Ok(Submitted::StartWorker) = pool.get().queue().submit(item)
+            {
+                start += 1;
             }
         }
+        start
     }
 
     /// After a wait on the Python path: park what `process_request()` handed over, dispatch
@@ -447,17 +445,18 @@ impl Session {
         if self.parking.is_none() {
             return Ok(());
         }
-        self.take_handoff(engine);
+        let handed_start = self.take_handoff(engine);
         let (Some(parking), Some(pool)) = (&mut self.parking, &self.pool) else {
             return Ok(());
         };
-        let start = dispatch_parked(
-            parking,
-            &self.poller,
-            pool.get().queue(),
-            &mut self.expired,
-            &engine.stats,
-        );
+        let start = handed_start
+            + dispatch_parked(
+                parking,
+                &self.poller,
+                pool.get().queue(),
+                &mut self.expired,
+                &engine.stats,
+            );
         engine.parked.store(parking.len(), Ordering::Relaxed);
         self.close_expired(server)?;
         start_workers(server, start)
