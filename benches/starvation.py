@@ -59,9 +59,8 @@ samples = []
 
 
 def sample():
-    pool = server._rs_worker_pool
     while True:
-        samples.append(pool.workers - pool.idle)
+        samples.append(server.stats()["pool"]["busy"])
         time.sleep(0.02)
 
 

@@ -223,3 +223,32 @@ def test_a_negative_or_nan_first_byte_timeout_is_refused(rs, harness, bad):
     )
     with pytest.raises(ValueError, match="first_byte_timeout"):
         server.serve_forever(0.05)
+
+
+def test_parked_clients_are_closed_when_serving_fails(rs, harness):
+    """serve_forever() ending with an exception (here from service_actions(); Ctrl-C is the
+    usual one) closes the parked connections instead of handing them to workers."""
+    calls = []
+    failing = threading.Event()
+
+    class Echo(rs.StreamRequestHandler):
+        def handle(self):
+            calls.append(self.client_address)
+
+    class Server(rs.ThreadPoolTCPServer):
+        dispatch_when_readable = True
+
+        def service_actions(self):
+            if failing.is_set():
+                raise RuntimeError("serving fails")
+
+    server = harness.server(Server, (LOOPBACK, 0), Echo)
+    serving = harness.serve(server, poll_interval=0.05)
+    client = connect(harness, server)
+    assert wait_for(lambda: server._rs_engine.parked == 1, 5)
+    failing.set()
+    assert serving.returned.wait(5)
+    assert isinstance(serving.error, RuntimeError)
+    assert client.recv(10) == b""  # closed, never served
+    assert calls == []
+    assert server._rs_engine.parked == 0
