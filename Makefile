@@ -29,11 +29,11 @@ print("\n".join(dep for name in sys.argv[1].split(",") for dep in extras[name]))
 endef
 export LIST_EXTRAS
 
-.PHONY: help venv build test lint fmt demo bench soak fuzz wheel clean
+.PHONY: help venv build test test-portable check-platforms lint fmt demo bench soak fuzz wheel clean
 
 help: ## Show this list of targets
 	@echo "usage: make TARGET   (PYTHON=$(PYTHON) makes the venv; PYTEST_ARGS, DEMO_ARGS, BENCH_ARGS, SOAK_ARGS pass options on)"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 venv: $(VENV_READY) ## Create .venv with maturin and the test and lint extras
 
@@ -55,6 +55,24 @@ $(BUILT): $(VENV_READY) $(RUST_SOURCES)
 test: $(BUILT) ## Run the Rust unit tests (cargo test), then the Python tests (pytest)
 	PYO3_PYTHON="$(abspath $(PY))" cargo test --locked --workspace
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-portable: $(BUILT) ## Run the Python tests over the portable platform paths (as on macOS/BSD)
+	SOCKETSERVER_RS_PORTABLE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# The targets `make check-platforms` compiles for, and pyo3's settings for them: an abi3
+# extension for these needs no target interpreter, and PYO3_NO_PYTHON keeps pyo3 from asking
+# the host's (the stable ABI version comes from the `abi3-py311` feature). Their own target
+# directory keeps the host build's cached pyo3 configuration untouched.
+CROSS_TARGETS := aarch64-apple-darwin x86_64-apple-darwin x86_64-unknown-freebsd
+CROSS_CARGO := PYO3_NO_PYTHON=1 PYO3_CROSS_PYTHON_VERSION=3.11 CARGO_TARGET_DIR=target/cross cargo
+
+check-platforms: ## cargo check and clippy -D warnings for macOS (arm64, x86_64) and FreeBSD
+	rustup target add $(CROSS_TARGETS)
+	for target in $(CROSS_TARGETS); do \
+	  echo "== $$target"; \
+	  $(CROSS_CARGO) check --locked -p socketserver_rs --all-targets --target $$target || exit 1; \
+	  $(CROSS_CARGO) clippy --locked -p socketserver_rs --all-targets --target $$target -- -D warnings || exit 1; \
+	done
 
 # mypy.stubtest imports the built extension module, so lint builds first.
 lint: $(BUILT) ## Check formatting, lints and types: cargo fmt, clippy, ruff, mypy, stubtest

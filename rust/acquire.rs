@@ -16,6 +16,7 @@ use pyo3::types::{PyBytes, PyTuple};
 
 use crate::address::peer_to_python;
 use crate::net::{self, PeerAddress};
+use crate::sys;
 
 static SOCKET_CLASS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -40,7 +41,7 @@ impl RawAcquirer {
     pub fn acquire(&mut self) -> std::io::Result<Raw> {
         match &mut self.datagram_buffer {
             None => {
-                let (fd, peer) = net::accept(self.fd)?;
+                let (fd, peer) = sys::accept(self.fd)?;
                 if self.nodelay {
                     // Best effort, as in the Python path: a peer that already reset the
                     // connection is the handler's to discover.

@@ -1,5 +1,5 @@
 //! The reactor's loop for datagram sockets (UDP, Unix datagram). Each turn receives a batch
-//! of datagrams with one `recvmmsg` call without the GIL, then, with the GIL, runs one
+//! of datagrams (one `recvmmsg` call on Linux, see `sys/`) without the GIL, then, with the GIL, runs one
 //! handler per datagram (`setup`/`finish` only when the class overrides them) and queues
 //! its reply to the sender; replies are sent without the GIL at the start of the next turn.
 //! With worker threads, each datagram's handler is made here and handed to `submit` with
@@ -14,11 +14,12 @@ use pyo3::types::PyBytes;
 
 use crate::address::peer_to_python;
 use crate::errors::os_error;
-use crate::net::{self, DATAGRAM_BATCH, Datagram, RawAddr};
+use crate::net::{self, Datagram, RawAddr};
 use crate::reactor::{
     Command, Connection, Reactor, Session, Settings, bytes_of, framing_error, report,
 };
 use crate::stats::Counters;
+use crate::sys::{self, DATAGRAM_BATCH};
 
 /// How long to wait before retrying replies the socket had no room for.
 const SEND_RETRY: Duration = Duration::from_millis(1);
@@ -82,7 +83,7 @@ impl<'r> DatagramLoop<'r> {
             let slot = self.settings.max_message_size;
             // WouldBlock (another reader was first), EINTR, or an ICMP error reported for an
             // earlier reply (ECONNREFUSED …): none concerns the datagrams still to come.
-            let _ = net::recv_batch(
+            let _ = sys::recv_batch(
                 self.session.listener,
                 &mut self.buffer,
                 slot,

@@ -15,6 +15,7 @@ mod errors;
 pub mod framing;
 mod net;
 mod parking;
+mod platform_info;
 mod poller;
 mod pool;
 mod reactor;
@@ -23,18 +24,29 @@ mod signals;
 mod stats;
 mod stream_io;
 mod stream_loop;
+mod sys;
 mod work_queue;
 
-use pyo3::prelude::*;
+use pyo3::prelude::pymodule;
 
 #[pymodule]
 mod _core {
     #[pymodule_export]
     use crate::engine::Engine;
     #[pymodule_export]
+    use crate::platform_info::platform_paths;
+    #[pymodule_export]
     use crate::pool::WorkerPool;
     #[pymodule_export]
     use crate::reactor::{Connection, Reactor};
     #[pymodule_export]
     use crate::stream_io::send_all;
+
+    use pyo3::prelude::*;
+
+    /// Read `SOCKETSERVER_RS_PORTABLE` once, as the module is imported.
+    #[pymodule_init]
+    fn init(_module: &Bound<'_, PyModule>) -> PyResult<()> {
+        crate::platform_info::select_from_env()
+    }
 }

@@ -1,11 +1,15 @@
-//! The two system calls of the fast path, `accept4` and `recvfrom`, and the peer addresses
-//! they return, decoded the way CPython's `socket` module decodes them.
+//! The socket calls that are the same on every POSIX system (`read`, `send`, `sendto`,
+//! `recvfrom`, `poll`, `setsockopt`), and the peer addresses the kernel returns, decoded the
+//! way CPython's `socket` module decodes them. The calls whose form differs between systems
+//! (`accept4`, `recvmmsg`, …) are in `sys/`.
 //! This file needs no Python and is tested with `cargo test`.
 
 use std::ffi::CStr;
 use std::io;
 use std::mem::{MaybeUninit, size_of};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::sys;
 
 /// A peer address, one variant per shape CPython gives it in Python.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +35,7 @@ pub enum PeerAddress {
 }
 
 impl PeerAddress {
-    fn decode(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> PeerAddress {
+    pub(crate) fn decode(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> PeerAddress {
         if len == 0 {
             return PeerAddress::Absent;
         }
@@ -102,7 +106,8 @@ fn ntop(family: i32, addr: *const libc::c_void) -> String {
         .into_owned()
 }
 
-fn empty_storage() -> (libc::sockaddr_storage, libc::socklen_t) {
+/// A zeroed address buffer and its size, for the kernel to write a peer address into.
+pub(crate) fn empty_storage() -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
     let storage = unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
     (
@@ -125,40 +130,14 @@ impl std::fmt::Debug for RawAddr {
 }
 
 impl RawAddr {
+    /// The address the kernel wrote into `storage`, `len` bytes of it.
+    pub(crate) fn from_kernel(storage: libc::sockaddr_storage, len: libc::socklen_t) -> RawAddr {
+        RawAddr { storage, len }
+    }
+
     pub fn peer(&self) -> PeerAddress {
         PeerAddress::decode(&self.storage, self.len)
     }
-}
-
-/// `accept4` with the given flags for the new descriptor.
-fn accept_with(listener: RawFd, flags: libc::c_int) -> io::Result<(OwnedFd, PeerAddress)> {
-    let (mut storage, mut len) = empty_storage();
-    // SAFETY: `storage`/`len` describe a writable buffer of the size given.
-    let fd = unsafe {
-        libc::accept4(
-            listener,
-            &mut storage as *mut _ as *mut libc::sockaddr,
-            &mut len,
-            flags,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: accept4 returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok((fd, PeerAddress::decode(&storage, len)))
-}
-
-/// Accept one connection: blocking and close-on-exec, as `socket.accept()` makes it.
-pub fn accept(listener: RawFd) -> io::Result<(OwnedFd, PeerAddress)> {
-    accept_with(listener, libc::SOCK_CLOEXEC)
-}
-
-/// Accept one connection for a reactor: non-blocking and close-on-exec. The listener must be
-/// non-blocking itself (`WouldBlock` once the backlog is empty).
-pub fn accept_nonblocking(listener: RawFd) -> io::Result<(OwnedFd, PeerAddress)> {
-    accept_with(listener, libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
 }
 
 /// One `read()`; `Ok(0)` is end of stream.
@@ -173,6 +152,7 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// One non-blocking `send()` that raises no SIGPIPE (a vanished peer is an `EPIPE` error).
+/// On macOS that takes a socket from `sys::accept_nonblocking`, which marks it so.
 pub fn send_quietly(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     // SAFETY: `data` is readable for its length.
     let n = unsafe {
@@ -180,7 +160,7 @@ pub fn send_quietly(fd: RawFd, data: &[u8]) -> io::Result<usize> {
             fd,
             data.as_ptr() as *const libc::c_void,
             data.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            libc::MSG_DONTWAIT | sys::NO_SIGPIPE,
         )
     };
     if n < 0 {
@@ -198,7 +178,7 @@ pub fn send_to(fd: RawFd, data: &[u8], to: &RawAddr) -> io::Result<usize> {
             fd,
             data.as_ptr() as *const libc::c_void,
             data.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            libc::MSG_DONTWAIT | sys::NO_SIGPIPE,
             &to.storage as *const _ as *const libc::sockaddr,
             to.len,
         )
@@ -210,66 +190,13 @@ pub fn send_to(fd: RawFd, data: &[u8], to: &RawAddr) -> io::Result<usize> {
     }
 }
 
-/// One received datagram of a batch: where it came from, its length in its slot of the
-/// batch buffer, and whether it was cut to fit.
+/// One received datagram of a batch (`sys::recv_batch`): where it came from, its length in
+/// its slot of the batch buffer, and whether it was cut to fit.
 #[derive(Debug, Clone, Copy)]
 pub struct Datagram {
     pub from: RawAddr,
     pub len: usize,
     pub truncated: bool,
-}
-
-/// The most datagrams one `recvmmsg` call takes.
-pub const DATAGRAM_BATCH: usize = 32;
-
-/// Receive up to `DATAGRAM_BATCH` waiting datagrams in one system call, without waiting.
-/// `buffer` holds one slot of `slot_size` bytes per datagram.
-pub fn recv_batch(
-    fd: RawFd,
-    buffer: &mut [u8],
-    slot_size: usize,
-    out: &mut Vec<Datagram>,
-) -> io::Result<usize> {
-    let slots = (buffer.len() / slot_size.max(1)).min(DATAGRAM_BATCH);
-    let (storage, len) = empty_storage();
-    let mut addrs = [storage; DATAGRAM_BATCH];
-    // SAFETY: iovec and mmsghdr are plain old data; all zeroes is a valid value.
-    let mut iovecs: [libc::iovec; DATAGRAM_BATCH] = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut headers: [libc::mmsghdr; DATAGRAM_BATCH] = unsafe { std::mem::zeroed() };
-    for i in 0..slots {
-        iovecs[i].iov_base = buffer[i * slot_size..].as_mut_ptr() as *mut libc::c_void;
-        iovecs[i].iov_len = slot_size;
-        headers[i].msg_hdr.msg_name = &mut addrs[i] as *mut _ as *mut libc::c_void;
-        headers[i].msg_hdr.msg_namelen = len;
-        headers[i].msg_hdr.msg_iov = &mut iovecs[i];
-        headers[i].msg_hdr.msg_iovlen = 1;
-    }
-    // SAFETY: `headers[..slots]` point at live, disjoint buffers and address slots above.
-    let n = unsafe {
-        libc::recvmmsg(
-            fd,
-            headers.as_mut_ptr(),
-            slots as libc::c_uint,
-            libc::MSG_DONTWAIT,
-            std::ptr::null_mut(),
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
-    for (header, addr) in headers.iter().zip(addrs.iter()).take(n) {
-        out.push(Datagram {
-            from: RawAddr {
-                storage: *addr,
-                len: header.msg_hdr.msg_namelen,
-            },
-            len: header.msg_len as usize,
-            truncated: header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-        });
-    }
-    Ok(n)
 }
 
 /// Receive one datagram into `buf` (truncating it to `buf.len()`, like `recvfrom(n)`),
@@ -363,66 +290,12 @@ mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream, UdpSocket};
     use std::os::fd::AsRawFd;
-    use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+    use std::os::unix::net::{UnixDatagram, UnixStream};
 
     #[test]
-    fn accept_reports_the_ipv4_peer_and_sets_cloexec() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (fd, peer) = accept(listener.as_raw_fd()).unwrap();
-        let local = client.local_addr().unwrap();
-        assert_eq!(
-            peer,
-            PeerAddress::Inet {
-                host: "127.0.0.1".into(),
-                port: local.port()
-            }
-        );
-        // SAFETY: fcntl F_GETFD on a descriptor we own.
-        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
-        assert_ne!(flags & libc::FD_CLOEXEC, 0);
-        set_nodelay(&fd).unwrap();
-        let mut value: libc::c_int = 0;
-        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt into a c_int of the size given.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                &mut value as *mut _ as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        assert_eq!((rc, value != 0), (0, true));
-    }
-
-    #[test]
-    fn accept_reports_the_ipv6_peer() {
-        let Ok(listener) = TcpListener::bind("[::1]:0") else {
-            return; // no IPv6 loopback on this host: nothing to check
-        };
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (_fd, peer) = accept(listener.as_raw_fd()).unwrap();
-        let PeerAddress::Inet6 { host, port, .. } = peer else {
-            panic!("{peer:?}")
-        };
-        assert_eq!(
-            (host.as_str(), port),
-            ("::1", client.local_addr().unwrap().port())
-        );
-    }
-
-    #[test]
-    fn unix_peers_decode_like_cpython() {
+    fn unix_datagram_peers_decode_like_cpython() {
         let dir = std::env::temp_dir().join(format!("ssrs-net-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("stream");
-        let listener = UnixListener::bind(&path).unwrap();
-        let _client = UnixStream::connect(&path).unwrap();
-        let (_fd, peer) = accept(listener.as_raw_fd()).unwrap();
-        assert_eq!(peer, PeerAddress::UnixPath(Vec::new()));
-
         let server_path = dir.join("dgram");
         let server = UnixDatagram::bind(&server_path).unwrap();
         let client_path = dir.join("client");
@@ -433,6 +306,18 @@ mod tests {
         assert_eq!(n, 2, "a datagram longer than the buffer is truncated");
         let expected = client_path.as_os_str().as_encoded_bytes().to_vec();
         assert_eq!(peer, PeerAddress::UnixPath(expected));
+        // An unbound sender has no address: Python shows None.
+        let anonymous = UnixDatagram::unbound().unwrap();
+        anonymous.send_to(b"x", &server_path).unwrap();
+        let (_, peer) = recv_from(server.as_raw_fd(), &mut buf).unwrap();
+        assert!(
+            match &peer {
+                PeerAddress::Absent => true,
+                PeerAddress::UnixPath(path) => path.is_empty(),
+                _ => false,
+            },
+            "{peer:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -477,46 +362,42 @@ mod tests {
     }
 
     #[test]
-    fn batches_of_datagrams_keep_sender_and_truncation() {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-        for payload in [&b"one"[..], b"two", b"a longer one"] {
-            client
-                .send_to(payload, server.local_addr().unwrap())
-                .unwrap();
-        }
-        let mut buffer = vec![0u8; 8 * DATAGRAM_BATCH];
-        let mut got = Vec::new();
-        let mut total = 0;
-        while total < 3 {
-            total += recv_batch(server.as_raw_fd(), &mut buffer, 8, &mut got).unwrap();
-        }
-        assert_eq!(got.len(), 3);
-        assert_eq!(&buffer[..got[0].len], b"one");
-        assert!(got[2].truncated, "12 bytes into an 8-byte slot");
-        let port = client.local_addr().unwrap().port();
-        assert_eq!(
-            got[1].from.peer(),
-            PeerAddress::Inet {
-                host: "127.0.0.1".into(),
-                port
-            }
-        );
-        // Replies go back to the recorded sender.
-        send_to(server.as_raw_fd(), b"back", &got[1].from).unwrap();
-        let mut reply = [0u8; 8];
-        assert_eq!(client.recv(&mut reply).unwrap(), 4);
-        let err = recv_batch(server.as_raw_fd(), &mut buffer, 8, &mut got).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    fn sending_to_a_vanished_peer_is_an_epipe_error() {
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        let err = send_quietly(a.as_raw_fd(), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
     }
 
     #[test]
-    fn errors_keep_their_errno() {
-        let err = accept(-1).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
-        assert!(!is_descriptor_exhaustion(&err));
+    fn nodelay_is_set() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let fd = OwnedFd::from(stream);
+        set_nodelay(&fd).unwrap();
+        let mut value: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int of the size given.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &mut value as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        assert_eq!((rc, value != 0), (0, true));
+    }
+
+    #[test]
+    fn descriptor_exhaustion_is_recognised() {
         assert!(is_descriptor_exhaustion(&io::Error::from_raw_os_error(
             libc::EMFILE
+        )));
+        assert!(!is_descriptor_exhaustion(&io::Error::from_raw_os_error(
+            libc::EBADF
         )));
     }
 }

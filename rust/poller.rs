@@ -2,11 +2,12 @@
 //! socket pair that Python's C signal handler writes to (`signal.set_wakeup_fd`).
 //!
 //! mio registers descriptors edge-triggered, while socketserver serves one request per wakeup
-//! and relies on level-triggered readiness (`poll()`): with an edge-triggered listener, clients
-//! still queued after one is accepted would never be reported again. So the listening
-//! descriptor is registered level-triggered, directly on mio's epoll instance; it is reported
-//! on every wait while a client waits in the backlog, and its interest is switched off while
-//! accepting is paused (back-off, full pool). The caller's other sources go through mio.
+//! and relies on level-triggered readiness (`poll()`): with a plain edge-triggered listener,
+//! clients still queued after one is accepted would never be reported again. So the listening
+//! descriptor goes through the platform layer's `sys::Listener`, which gives it level-triggered
+//! meaning on every OS: it is reported on every wait while a client waits in the backlog, and
+//! not at all while accepting is paused (back-off, full pool). The caller's other sources go
+//! through mio.
 //! This file needs no Python and is tested with `cargo test`.
 
 use std::io::{self, Read};
@@ -17,6 +18,12 @@ use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::sys::{self, ForkBound, Paths};
+
+/// A poller's waker, shareable with other threads (and closed only where that is safe after
+/// a `fork()`, see `sys::ForkBound`).
+pub type SharedWaker = Arc<ForkBound<Waker>>;
 
 const WATCHED: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -48,27 +55,26 @@ pub struct Wakeup {
 /// A mio `Poll` with its waker and signal pipe, owned by the process that made it.
 #[derive(Debug)]
 pub struct Poller {
-    poll: Poll,
+    poll: ForkBound<Poll>,
     events: Events,
-    waker: Arc<Waker>,
+    waker: SharedWaker,
     ready: Vec<Ready>,
     signal_rx: UnixStream,
     signal_tx: UnixStream,
-    watched: Option<Watched>,
-    owner_pid: u32,
-}
-
-/// The listening descriptor and whether its readiness is asked for.
-#[derive(Debug, Clone, Copy)]
-struct Watched {
-    fd: RawFd,
-    listening: bool,
+    paths: Paths,
+    watched: Option<sys::Listener>,
 }
 
 impl Poller {
+    /// A poller on the paths this process uses (`sys::active`).
     pub fn new() -> io::Result<Poller> {
+        Poller::with_paths(sys::active())
+    }
+
+    /// A poller whose listener registration takes the given paths.
+    pub fn with_paths(paths: Paths) -> io::Result<Poller> {
         let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let waker = Arc::new(ForkBound::new(Waker::new(poll.registry(), WAKER)?));
         // Both ends non-blocking: the C signal handler must never block on a full pipe, and
         // draining stops at the first `WouldBlock`.
         let (signal_rx, signal_tx) = UnixStream::pair()?;
@@ -80,24 +86,25 @@ impl Poller {
             Interest::READABLE,
         )?;
         Ok(Poller {
-            poll,
+            poll: ForkBound::new(poll),
             events: Events::with_capacity(8),
             waker,
             ready: Vec::new(),
             signal_rx,
             signal_tx,
+            paths,
             watched: None,
-            owner_pid: std::process::id(),
         })
     }
 
-    /// Whether this poller belongs to the calling process. After `fork()` the epoll instance
-    /// and the eventfd are shared with the parent, so a child must build its own.
+    /// Whether this poller belongs to the calling process. After `fork()` a Linux child shares
+    /// the epoll instance and the eventfd with the parent, and a kqueue child has no copy of
+    /// the kqueue at all: either way a child must build its own.
     pub fn is_owned_by_this_process(&self) -> bool {
-        self.owner_pid == std::process::id()
+        self.poll.is_owned_by_this_process()
     }
 
-    pub fn waker(&self) -> Arc<Waker> {
+    pub fn waker(&self) -> SharedWaker {
         Arc::clone(&self.waker)
     }
 
@@ -106,53 +113,27 @@ impl Poller {
         self.signal_tx.as_raw_fd()
     }
 
-    /// `epoll_ctl` on mio's epoll instance for the watched descriptor, level-triggered.
-    fn control_watched(&self, op: libc::c_int, fd: RawFd, listening: bool) -> io::Result<()> {
-        let events = if listening { libc::EPOLLIN as u32 } else { 0 };
-        let mut event = libc::epoll_event {
-            events,
-            u64: WATCHED.0 as u64,
-        };
-        // SAFETY: a valid epoll descriptor (owned by `self.poll`) and a valid event struct.
-        let rc = unsafe { libc::epoll_ctl(self.poll.as_raw_fd(), op, fd, &mut event) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
     /// Watch `fd` for readability (level-triggered), replacing any watched descriptor.
     pub fn watch(&mut self, fd: RawFd) -> io::Result<()> {
         self.unwatch();
-        self.control_watched(libc::EPOLL_CTL_ADD, fd, true)?;
-        self.watched = Some(Watched {
-            fd,
-            listening: true,
-        });
+        self.watched = Some(sys::Listener::watch(self.paths, &self.poll, fd, WATCHED)?);
         Ok(())
     }
 
     /// Stop watching. The descriptor may already be closed, so failures are ignored: a closed
-    /// descriptor has left the epoll set by itself.
+    /// descriptor has left the poll set by itself.
     pub fn unwatch(&mut self) {
         if let Some(watched) = self.watched.take() {
-            let _ = self.control_watched(libc::EPOLL_CTL_DEL, watched.fd, false);
+            watched.unwatch(&self.poll);
         }
     }
 
     /// Ask for the watched descriptor's readiness, or not (accepting paused). A no-op when
     /// nothing changes, so callers may say it before every wait.
     pub fn set_listening(&mut self, listening: bool) -> io::Result<()> {
-        match self.watched {
-            Some(watched) if watched.listening != listening => {
-                self.watched = Some(Watched {
-                    listening,
-                    ..watched
-                });
-                self.control_watched(libc::EPOLL_CTL_MOD, watched.fd, listening)
-            }
-            _ => Ok(()),
+        match &mut self.watched {
+            Some(watched) => watched.set_listening(&self.poll, listening),
+            None => Ok(()),
         }
     }
 
@@ -182,7 +163,13 @@ impl Poller {
 
     /// Wait until something happens or `timeout` passes (`None`: no limit).
     pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<Wakeup> {
-        let listening = self.watched.is_some_and(|w| w.listening);
+        let mut listening = false;
+        if let Some(watched) = &mut self.watched {
+            listening = watched.is_listening();
+            // A failure means the listener was closed under us (a handler called
+            // server_close()); the caller goes on waiting for shutdown, as with the stdlib.
+            let _ = watched.before_wait(&self.poll);
+        }
         let mut wakeup = Wakeup::default();
         self.ready.clear();
         match self.poll.poll(&mut self.events, timeout) {
@@ -221,7 +208,8 @@ impl Poller {
 impl Drop for Poller {
     fn drop(&mut self) {
         // An inherited poller's epoll set is the parent's too: deregistering here would stop
-        // the parent from seeing its listener. Closing our copies of the descriptors is enough.
+        // the parent from seeing its listener. Closing our copies of the descriptors (where
+        // the OS made copies, see `sys::ForkBound`) is enough.
         if self.is_owned_by_this_process() {
             self.unwatch();
         }
@@ -240,11 +228,11 @@ impl Drop for Poller {
 pub struct PollerSlot {
     idle: Mutex<Option<Poller>>,
     /// Wakers of the live pollers this slot made, with the pid each belongs to.
-    wakers: Mutex<Vec<(u32, Arc<Waker>)>>,
+    wakers: Mutex<Vec<(u32, SharedWaker)>>,
 }
 
 impl PollerSlot {
-    fn wakers(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Arc<Waker>)>> {
+    fn wakers(&self) -> std::sync::MutexGuard<'_, Vec<(u32, SharedWaker)>> {
         self.wakers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -295,7 +283,7 @@ impl PollerSlot {
     /// parent's loop instead).
     pub fn wake(&self) -> io::Result<()> {
         let pid = std::process::id();
-        let wakers: Vec<Arc<Waker>> = self
+        let wakers: Vec<SharedWaker> = self
             .wakers()
             .iter()
             .filter(|(owner, _)| *owner == pid)
@@ -354,34 +342,54 @@ mod tests {
 
     #[test]
     fn queued_clients_are_reported_until_all_are_accepted() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        let clients: Vec<_> = (0..3)
-            .map(|_| TcpStream::connect(address).unwrap())
-            .collect();
-        let mut poller = Poller::new().unwrap();
-        poller.watch(listener.as_raw_fd()).unwrap();
-        for _ in 0..clients.len() {
-            assert!(poller.wait(SHORT).unwrap().readable);
-            // Level-triggered: the clients still queued are reported on the next wait.
-            listener.accept().unwrap();
+        for &paths in Paths::ALL {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let address = listener.local_addr().unwrap();
+            let clients: Vec<_> = (0..3)
+                .map(|_| TcpStream::connect(address).unwrap())
+                .collect();
+            let mut poller = Poller::with_paths(paths).unwrap();
+            poller.watch(listener.as_raw_fd()).unwrap();
+            for _ in 0..clients.len() {
+                assert!(poller.wait(SHORT).unwrap().readable, "{paths:?}");
+                // Level-triggered: the clients still queued are reported on the next wait.
+                listener.accept().unwrap();
+            }
+            assert!(poller.wait(SHORT).unwrap().timed_out(), "{paths:?}");
         }
-        assert!(poller.wait(SHORT).unwrap().timed_out());
     }
 
     #[test]
     fn paused_listening_ignores_readiness() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let mut poller = Poller::new().unwrap();
-        poller.watch(listener.as_raw_fd()).unwrap();
-        poller.set_listening(false).unwrap();
-        assert!(
-            poller.wait(SHORT).unwrap().timed_out(),
-            "paused: no wakeup at all"
-        );
-        poller.set_listening(true).unwrap();
-        assert!(poller.wait(SHORT).unwrap().readable);
+        for &paths in Paths::ALL {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let mut poller = Poller::with_paths(paths).unwrap();
+            poller.watch(listener.as_raw_fd()).unwrap();
+            poller.set_listening(false).unwrap();
+            let paused = poller.wait(SHORT).unwrap();
+            assert!(paused.timed_out(), "{paths:?}: paused, so no wakeup at all");
+            poller.set_listening(true).unwrap();
+            assert!(poller.wait(SHORT).unwrap().readable, "{paths:?}");
+        }
+    }
+
+    #[test]
+    fn a_wakeup_for_something_else_leaves_the_listener_armed() {
+        for &paths in Paths::ALL {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut poller = Poller::with_paths(paths).unwrap();
+            poller.watch(listener.as_raw_fd()).unwrap();
+            poller.waker().wake().unwrap();
+            let woken = poller.wait(SHORT).unwrap();
+            assert!(woken.woken && !woken.readable, "{paths:?}");
+            let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            assert!(poller.wait(SHORT).unwrap().readable, "{paths:?}");
+            assert!(
+                poller.wait(SHORT).unwrap().readable,
+                "{paths:?}: not accepted yet"
+            );
+        }
     }
 
     #[test]
@@ -434,11 +442,15 @@ mod tests {
 
     #[test]
     fn unwatching_a_closed_descriptor_is_harmless() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut poller = Poller::new().unwrap();
-        poller.watch(listener.as_raw_fd()).unwrap();
-        drop(listener);
-        poller.unwatch();
-        assert!(poller.wait(SHORT).unwrap().timed_out());
+        for &paths in Paths::ALL {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut poller = Poller::with_paths(paths).unwrap();
+            poller.watch(listener.as_raw_fd()).unwrap();
+            drop(listener);
+            // Closed under the loop: the wait still works (and just times out).
+            assert!(poller.wait(SHORT).unwrap().timed_out(), "{paths:?}");
+            poller.unwatch();
+            assert!(poller.wait(SHORT).unwrap().timed_out(), "{paths:?}");
+        }
     }
 }

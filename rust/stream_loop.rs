@@ -28,12 +28,13 @@ use crate::connections::{Conn, ReadStop, Slab};
 use crate::deadline::AcceptBackoff;
 use crate::errors::os_error;
 use crate::framing::{Decoder, encode};
-use crate::net::{self, PeerAddress, is_descriptor_exhaustion};
+use crate::net::{PeerAddress, is_descriptor_exhaustion};
 use crate::reactor::{
     Command, Connection, Handler, Reactor, Session, Settings, bytes_of, finish, framing_error,
     report,
 };
 use crate::stats::Counters;
+use crate::sys;
 
 const SCRATCH: usize = 64 * 1024;
 /// Bytes read from one connection per turn before others get their go.
@@ -201,7 +202,7 @@ impl<'r> StreamLoop<'r> {
             .max_connections
             .saturating_sub(self.conns.len());
         for _ in 0..ACCEPT_BATCH.min(room) {
-            match net::accept_nonblocking(self.session.listener) {
+            match sys::accept_nonblocking(self.session.listener) {
                 Ok(accepted) => {
                     self.backoff.succeeded();
                     Counters::bump(&self.reactor.shared().stats.acquired);

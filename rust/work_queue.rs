@@ -8,10 +8,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use mio::Waker;
+use crate::poller::SharedWaker;
 
 /// What the submitter must do after `submit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub struct WorkQueue<T> {
     state: Mutex<State<T>>,
     item_ready: Condvar,
     max_workers: usize,
-    admission_waker: Mutex<Option<Arc<Waker>>>,
+    admission_waker: Mutex<Option<SharedWaker>>,
     /// `(workers, idle, queued)` as of the last change, for readers that must not lock.
     gauges: [AtomicUsize; 3],
 }
@@ -170,7 +170,7 @@ impl<T> WorkQueue<T> {
     }
 
     /// The waker to use when admission becomes possible again (`None` to forget it).
-    pub fn set_admission_waker(&self, waker: Option<Arc<Waker>>) {
+    pub fn set_admission_waker(&self, waker: Option<SharedWaker>) {
         *self
             .admission_waker
             .lock()
@@ -205,6 +205,7 @@ impl<T> WorkQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::thread;
 
     const LONG: Duration = Duration::from_secs(5);
@@ -249,7 +250,9 @@ mod tests {
     #[test]
     fn a_freed_worker_wakes_the_waiting_serving_loop() {
         let mut poll = mio::Poll::new().unwrap();
-        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(7)).unwrap());
+        let waker = Arc::new(crate::sys::ForkBound::new(
+            mio::Waker::new(poll.registry(), mio::Token(7)).unwrap(),
+        ));
         let queue = WorkQueue::new(1);
         queue.set_admission_waker(Some(waker));
         assert_eq!(queue.submit(()), Ok(Submitted::StartWorker));

@@ -7,11 +7,11 @@
 # The engine calls Python hooks by attribute name on objects it is given, so those
 # parameters are `Any`: a server is anything with the stdlib's hooks, not one class.
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any, Literal, final
 
 from typing_extensions import Buffer
 
-__all__ = ["Connection", "Engine", "Reactor", "WorkerPool", "send_all"]
+__all__ = ["Connection", "Engine", "Reactor", "WorkerPool", "platform_paths", "send_all"]
 
 @final
 class Engine:
@@ -93,3 +93,10 @@ class Connection:
     def send(self, data: Buffer) -> None: ...
     def close(self) -> None: ...
     def batch_done(self) -> None: ...
+
+def platform_paths() -> Literal["linux", "portable"]:
+    """Which platform paths this process uses: ``"linux"`` or ``"portable"``.
+
+    Chosen once, when the module is imported: ``"portable"`` on macOS and the BSDs, and on
+    Linux when ``SOCKETSERVER_RS_PORTABLE=1`` is set; ``"linux"`` otherwise.
+    """
