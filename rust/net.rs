@@ -26,7 +26,8 @@ pub enum PeerAddress {
     /// A filesystem path as raw bytes (decoded with the filesystem encoding in Python);
     /// empty for an unnamed peer, which Python shows as `''`.
     UnixPath(Vec<u8>),
-    /// A Linux abstract-namespace name, leading NUL included (Python shows `bytes`).
+    /// A Linux abstract-namespace name, leading NUL included (Python shows `bytes`). Other
+    /// systems have no such names: there a leading NUL is an empty path, as CPython reads it.
     UnixAbstract(Vec<u8>),
     /// The kernel gave no address at all (Python shows `None`).
     Absent,
@@ -62,12 +63,14 @@ impl PeerAddress {
             libc::AF_UNIX => {
                 // SAFETY: as above, for AF_UNIX and sockaddr_un.
                 let sun = unsafe { &*(storage as *const _ as *const libc::sockaddr_un) };
-                let header = size_of::<libc::sa_family_t>();
+                // Where the path starts: after `sun_family` on Linux, after `sun_len` and
+                // `sun_family` (one byte each) on macOS and the BSDs.
+                let header = std::mem::offset_of!(libc::sockaddr_un, sun_path);
                 let path_len = (len as usize)
                     .saturating_sub(header)
                     .min(sun.sun_path.len());
                 let path: Vec<u8> = sun.sun_path[..path_len].iter().map(|&c| c as u8).collect();
-                if path.first() == Some(&0) {
+                if sys::ABSTRACT_UNIX_NAMES && path.first() == Some(&0) {
                     PeerAddress::UnixAbstract(path)
                 } else {
                     // A path is NUL-terminated within the reported length, when terminated.
@@ -319,6 +322,29 @@ mod tests {
             "{peer:?}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unix_names_decode_as_cpython_reads_them_on_this_system() {
+        let (mut storage, _) = empty_storage();
+        storage.ss_family = libc::AF_UNIX as libc::sa_family_t;
+        let header = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+        // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_un.
+        let sun = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_un) };
+        for (i, byte) in b"/tmp/s\0".iter().enumerate() {
+            sun.sun_path[i] = *byte as libc::c_char;
+        }
+        let len = (header + 7) as libc::socklen_t;
+        let path = PeerAddress::UnixPath(b"/tmp/s".to_vec());
+        assert_eq!(PeerAddress::decode(&storage, len), path);
+        sun.sun_path[0] = 0; // "\0tmp/s": an abstract name on Linux, an empty path elsewhere
+        let expected = if sys::ABSTRACT_UNIX_NAMES {
+            PeerAddress::UnixAbstract(b"\0tmp/s\0".to_vec())
+        } else {
+            PeerAddress::UnixPath(Vec::new())
+        };
+        assert_eq!(PeerAddress::decode(&storage, len), expected);
+        assert_eq!(PeerAddress::decode(&storage, 0), PeerAddress::Absent);
     }
 
     #[test]

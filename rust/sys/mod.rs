@@ -12,9 +12,10 @@
 //! portable paths, so the test suite covers them here. Every other POSIX system (macOS and
 //! the BSDs, with kqueue under mio) always runs the portable paths.
 //!
-//! Two differences are fixed at compile time, because they are properties of the OS rather
-//! than of a path: how a `send` avoids `SIGPIPE` ([`NO_SIGPIPE`], [`suppress_sigpipe`]) and
-//! whether mio's poll descriptors are copied into a `fork()`ed child ([`ForkBound`]).
+//! Three differences are fixed at compile time, because they are properties of the OS rather
+//! than of a path: how a `send` avoids `SIGPIPE` ([`NO_SIGPIPE`], [`suppress_sigpipe`]),
+//! whether mio's poll descriptors are copied into a `fork()`ed child ([`ForkBound`]), and
+//! whether Unix socket names may be abstract ([`ABSTRACT_UNIX_NAMES`]).
 //! This module needs no Python and is tested with `cargo test`.
 
 #[cfg(target_os = "linux")]
@@ -267,6 +268,10 @@ pub fn suppress_sigpipe(fd: &OwnedFd) -> io::Result<()> {
         Ok(())
     }
 }
+
+/// Whether Unix socket addresses starting with a NUL byte are names in Linux's abstract
+/// namespace (CPython returns them as `bytes`); elsewhere such an address is an empty path.
+pub const ABSTRACT_UNIX_NAMES: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
 /// Whether a `fork()`ed child gets copies of mio's poll descriptors. Linux copies the epoll
 /// and eventfd descriptors like any other. kqueue descriptors are not inherited (kqueue(2) on
