@@ -1,11 +1,12 @@
 //! The platform layer: every system call whose form differs between operating systems, behind
 //! one small API. The rest of the engine calls these functions and never `#[cfg]`s itself.
 //!
-//! | what                  | Linux fast path (`linux.rs`)                | portable path (`portable.rs`)               |
-//! |-----------------------|---------------------------------------------|---------------------------------------------|
-//! | accept a connection   | `accept4` with `SOCK_CLOEXEC`/`SOCK_NONBLOCK` | `accept`, then `fcntl` (`FD_CLOEXEC`, `O_NONBLOCK` set or cleared) |
-//! | receive datagrams     | one `recvmmsg` per batch                    | a loop of `recvmsg` (one datagram each)     |
-//! | the listener's wakeups| level-triggered, straight on mio's epoll fd | mio's own (edge-triggered) registration, re-armed before every wait, deregistered while paused |
+//! What differs, Linux fast path (`linux.rs`) / portable path (`portable.rs`):
+//! - accepting: `accept4` with `SOCK_CLOEXEC` (and `SOCK_NONBLOCK`) / `accept`, then `fcntl`
+//!   (`FD_CLOEXEC` set, `O_NONBLOCK` set or cleared);
+//! - receiving datagrams: one `recvmmsg` per batch / a loop of `recvmsg`, one datagram each;
+//! - the listener's wakeups: level-triggered, straight on mio's epoll descriptor / mio's own
+//!   edge-triggered registration, re-armed before every wait and deregistered while paused.
 //!
 //! Linux uses the fast paths unless `SOCKETSERVER_RS_PORTABLE=1` is set when the native
 //! module is imported (read once per process, see [`select_from_env`]): then Linux runs the
