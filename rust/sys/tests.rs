@@ -45,6 +45,20 @@ fn accept_gives_a_blocking_cloexec_socket_and_the_ipv4_peer() {
 }
 
 #[test]
+fn the_portable_accept_clears_an_inherited_nonblocking_flag() {
+    // What BSD's accept() hands over from a non-blocking listener (Linux's never does, so the
+    // flag is set here by hand): the portable path must clear it for Python's sockets.
+    let (a, _b) = UnixStream::pair().unwrap();
+    let fd = OwnedFd::from(a);
+    portable::set_nonblocking(&fd, true).unwrap();
+    assert!(is_nonblocking(&fd));
+    portable::set_nonblocking(&fd, false).unwrap();
+    assert!(!is_nonblocking(&fd));
+    portable::set_cloexec(&fd).unwrap();
+    assert!(is_cloexec(&fd));
+}
+
+#[test]
 fn accept_nonblocking_sets_both_flags_and_reports_an_empty_backlog() {
     for &paths in Paths::ALL {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
