@@ -64,7 +64,8 @@ pub fn recv_batch(
             fd,
             headers.as_mut_ptr(),
             slots as libc::c_uint,
-            libc::MSG_DONTWAIT,
+            // The flags are an int in glibc's prototype, an unsigned int in musl's.
+            libc::MSG_DONTWAIT as _,
             std::ptr::null_mut(),
         )
     };
