@@ -13,7 +13,9 @@ mod errors;
 // Public (but not part of any API) so that fuzz/ can drive the framer directly.
 #[doc(hidden)]
 pub mod framing;
+mod heartbeat;
 mod net;
+mod orphans;
 mod parking;
 mod platform_info;
 mod poller;
@@ -24,6 +26,7 @@ mod signals;
 mod stats;
 mod stream_io;
 mod stream_loop;
+mod supervisor;
 mod sys;
 mod work_queue;
 
@@ -41,6 +44,8 @@ mod _core {
     use crate::reactor::{Connection, Reactor};
     #[pymodule_export]
     use crate::stream_io::send_all;
+    #[pymodule_export]
+    use crate::supervisor::Supervisor;
 
     use pyo3::prelude::*;
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::heartbeat;
 use crate::sys::{self, ForkBound, Paths};
 
 /// A poller's waker, shareable with other threads (and closed only where that is safe after
@@ -172,7 +173,12 @@ impl Poller {
         }
         let mut wakeup = Wakeup::default();
         self.ready.clear();
-        match self.poll.poll(&mut self.events, timeout) {
+        // In a prefork child every loop reports in around its waits, and waits no longer
+        // than the beat interval (see heartbeat.rs); elsewhere both are no-ops.
+        heartbeat::beat();
+        let polled = self.poll.poll(&mut self.events, heartbeat::cap(timeout));
+        heartbeat::beat();
+        match polled {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {
                 wakeup.signalled = true;

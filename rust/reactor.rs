@@ -413,6 +413,13 @@ impl Reactor {
         Ok(())
     }
 
+    /// Ask the loop to stop without waiting for it (safe from a signal handler on the
+    /// serving thread, and before the loop has started: the request is sticky).
+    fn request_stop(&self) -> PyResult<()> {
+        self.latch.request();
+        self.shared.poller.wake().map_err(|e| os_error(&e))
+    }
+
     /// Close every open connection, calling each handler's `finish()`, and the reactor's own
     /// descriptors (for `server_close`).
     fn close_all(&self, server: &Bound<'_, PyAny>) -> PyResult<()> {

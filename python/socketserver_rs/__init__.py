@@ -32,7 +32,8 @@ __all__ = [
     "ThreadingTCPServer",
     "ThreadingUDPServer",
     "UDPServer",
-    # Beyond the stdlib: pooled threading, reactor servers, the opt-in for stdlib consumers.
+    # Beyond the stdlib: pooled threading, reactor servers, prefork workers, the opt-in
+    # for stdlib consumers.
     "ThreadPoolMixIn",
     "ThreadPoolTCPServer",
     "ThreadPoolUDPServer",
@@ -47,8 +48,9 @@ __all__ = [
 
 if hasattr(os, "fork"):
     from ._mixins import ForkingMixIn, ForkingTCPServer, ForkingUDPServer
+    from ._prefork import PreforkMixIn
 
-    __all__ += ["ForkingMixIn", "ForkingTCPServer", "ForkingUDPServer"]
+    __all__ += ["ForkingMixIn", "ForkingTCPServer", "ForkingUDPServer", "PreforkMixIn"]
 
 if hasattr(socket, "AF_UNIX"):
     from ._mixins import ThreadingUnixDatagramServer, ThreadingUnixStreamServer

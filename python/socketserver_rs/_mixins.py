@@ -64,6 +64,32 @@ class _NoThreads:
         pass
 
 
+class _InFlight:
+    """Requests handed to request threads and not yet finished, for ``shutdown(timeout)``."""
+
+    def __init__(self):
+        # type: () -> None
+        self.count = 0
+        self.changed = threading.Condition()
+
+    def begin(self):
+        # type: () -> None
+        with self.changed:
+            self.count += 1
+
+    def end(self):
+        # type: () -> None
+        with self.changed:
+            self.count -= 1
+            if self.count == 0:
+                self.changed.notify_all()
+
+    def wait_idle(self, timeout):
+        # type: (float | None) -> bool
+        with self.changed:
+            return self.changed.wait_for(lambda: self.count == 0, timeout)
+
+
 class ThreadingMixIn(_MixInBase):
     """Serve each request in a new thread.
 
@@ -84,7 +110,18 @@ class ThreadingMixIn(_MixInBase):
         except Exception:
             self.handle_error(request, client_address)
         finally:
-            self.shutdown_request(request)
+            try:
+                self.shutdown_request(request)
+            finally:
+                self._rs_in_flight.end()
+
+    @property
+    def _rs_in_flight(self):
+        # type: () -> _InFlight
+        in_flight = vars(self).get("_rs_in_flight")
+        if in_flight is None:
+            in_flight = vars(self)["_rs_in_flight"] = _InFlight()
+        return in_flight
 
     def process_request(self, request, client_address):
         # type: (Any, Address) -> None
@@ -96,7 +133,17 @@ class ThreadingMixIn(_MixInBase):
         )
         thread.daemon = self.daemon_threads
         self._threads.append(thread)
-        thread.start()
+        self._rs_in_flight.begin()
+        try:
+            thread.start()
+        except BaseException:
+            self._rs_in_flight.end()
+            raise
+
+    def _rs_wait_idle(self, timeout):
+        # type: (float | None) -> bool
+        """Wait up to ``timeout`` seconds for the request threads to finish."""
+        return self._rs_in_flight.wait_idle(timeout)
 
     def server_close(self):
         # type: () -> None

@@ -12,6 +12,7 @@ import math
 import os
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -97,6 +98,17 @@ class Workers:
             raise
         finally:
             self.threads.discard(threading.current_thread())
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds until nothing is queued or running; True if so.
+        Looks every 10 ms: only a draining server waits here."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pool = self.pool
+        while pool.queued or pool.workers > pool.idle:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def close(self, wait: bool) -> None:
         """Take no more work; with ``wait``, join the workers once the queue is done.
@@ -190,6 +202,12 @@ class ThreadPoolMixIn(_MixInBase):
             self.handle_error(request, client_address)
         finally:
             self.shutdown_request(request)
+
+    def _rs_wait_idle(self, timeout):
+        # type: (float | None) -> bool
+        """Wait up to ``timeout`` seconds for queued and running requests to finish."""
+        workers = vars(self).get("_rs_workers")
+        return workers is None or workers.wait_idle(timeout)
 
     def server_close(self):
         # type: () -> None

@@ -134,15 +134,29 @@ class BaseServer:
         """
         return _activation.from_socket(cls, sock, RequestHandlerClass, *args, **kwargs)
 
-    def shutdown(self):
-        # type: () -> None
+    def shutdown(self, timeout=None):
+        # type: (float | None) -> None
         """Stop ``serve_forever()`` and wait until it has stopped.
 
         Called from another thread it returns as soon as the loop has ended. Called from the
         serving thread itself (from a handler of a non-threading server) it only asks the loop
         to stop after the current request, instead of deadlocking as the stdlib does.
+
+        ``timeout`` (beyond the stdlib, which takes no argument): once the loop has stopped
+        accepting, also wait up to that many seconds for the requests in flight on request
+        threads or pool workers to finish (a graceful drain). None: return once the loop has
+        stopped, as the stdlib does.
         """
         self._rs_engine.shutdown()
+        if timeout is not None:
+            self._rs_wait_idle(timeout)
+
+    def _rs_wait_idle(self, timeout):
+        # type: (float | None) -> bool
+        """Wait up to ``timeout`` seconds for requests in flight; True once there are none.
+        A server that serves on its loop's thread has none once the loop has stopped; the
+        concurrency mixins override this."""
+        return True
 
     @default_hook()
     def service_actions(self):

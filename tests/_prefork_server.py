@@ -1,0 +1,90 @@
+"""A prefork server to run as a child process in tests/test_prefork.py.
+
+    python _prefork_server.py KIND WORKERS [ATTR=VALUE ...]
+
+KIND: tcp, threading, pool, unix, udp, reactor. Every request is one line (one datagram); the
+reply says which child served it: ``pid=<pid> index=<worker index> <line>``. A line
+``sleep <seconds>`` sleeps that long before replying; ``crash`` makes the child exit(3) at once.
+Extra ``ATTR=VALUE`` arguments are set on the server class (values parsed as Python literals).
+
+Prints ``READY <address>`` once listening, then ``EXIT <index> <status>`` for every child that
+ends (worker_exit) and ``INIT <index> <pid>`` from every child (worker_init), and finally
+``STOPPED`` when serve_forever() returns.
+"""
+
+import ast
+import os
+import sys
+import tempfile
+import time
+
+import socketserver_rs
+
+
+def reply_for(line, server):
+    text = line.decode().strip()
+    if text.startswith("sleep "):
+        time.sleep(float(text.split()[1]))
+    elif text == "crash":
+        os._exit(3)
+    return f"pid={os.getpid()} index={server._rs_worker_index} {text}\n".encode()
+
+
+class LineHandler(socketserver_rs.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(reply_for(line, self.server))
+
+
+class DatagramHandler(socketserver_rs.DatagramRequestHandler):
+    def handle(self):
+        self.wfile.write(reply_for(self.rfile.readline(), self.server))
+
+
+class MessageHandler(socketserver_rs.MessageHandler):
+    framing = "line"
+
+    def handle_message(self, message):
+        return reply_for(message, self.server)
+
+
+class Hooks:
+    def worker_init(self, worker_index):
+        print(f"INIT {worker_index} {os.getpid()}", flush=True)
+
+    def worker_exit(self, worker_index, status):
+        print(f"EXIT {worker_index} {status}", flush=True)
+
+
+KINDS = {
+    "tcp": (socketserver_rs.TCPServer, LineHandler),
+    "threading": (socketserver_rs.ThreadingTCPServer, LineHandler),
+    "pool": (socketserver_rs.ThreadPoolTCPServer, LineHandler),
+    "unix": (socketserver_rs.ThreadingUnixStreamServer, LineHandler),
+    "udp": (socketserver_rs.UDPServer, DatagramHandler),
+    "reactor": (socketserver_rs.ReactorTCPServer, MessageHandler),
+}
+
+
+def main():
+    kind, workers, *assignments = sys.argv[1:]
+    base, handler = KINDS[kind]
+    attrs = {"workers": int(workers), "allow_reuse_address": True}
+    for assignment in assignments:
+        name, _, value = assignment.partition("=")
+        attrs[name] = ast.literal_eval(value)
+    if kind == "reactor":
+        attrs["handler_threads"] = attrs.get("handler_threads", 4)
+    server_class = type("Server", (Hooks, socketserver_rs.PreforkMixIn, base), attrs)
+    if kind == "unix":
+        address = os.path.join(tempfile.mkdtemp(prefix="prefork-"), "sock")
+    else:
+        address = ("127.0.0.1", 0)
+    with server_class(address, handler) as server:
+        print("READY", server.server_address, flush=True)
+        server.serve_forever(poll_interval=None)
+    print("STOPPED", flush=True)
+
+
+if __name__ == "__main__":
+    main()
