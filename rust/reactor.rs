@@ -261,6 +261,8 @@ pub struct Reactor {
     /// Open connections between serving calls (a call takes them out while it runs).
     conns: Mutex<Option<Slab<Conn<Handler>>>>,
     generation: AtomicU64,
+    /// `shutdown(timeout)`'s drain window in ms, plus one (0: none asked for).
+    drain_ms: AtomicU64,
 }
 
 impl Reactor {
@@ -308,6 +310,21 @@ impl Reactor {
 
     pub fn latch(&self) -> &ShutdownLatch {
         &self.latch
+    }
+
+    /// The drain window the stopping loop was given, if any (consumed).
+    pub fn take_drain_window(&self) -> Option<Duration> {
+        match self.drain_ms.swap(0, Ordering::AcqRel) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms - 1)),
+        }
+    }
+
+    fn set_drain_window(&self, timeout: Option<f64>) {
+        if let Some(window) = duration_from_secs(timeout) {
+            let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX - 1);
+            self.drain_ms.store(ms.saturating_add(1), Ordering::Release);
+        }
     }
 }
 
@@ -401,7 +418,10 @@ impl Reactor {
     }
 
     /// Stop the loop: no more accepting; queued replies are flushed before it returns.
-    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+    /// With `timeout`, messages already read are still handled, for up to that long.
+    #[pyo3(signature = (timeout=None))]
+    fn shutdown(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
+        self.set_drain_window(timeout);
         self.latch.request();
         self.shared.poller.wake().map_err(|e| os_error(&e))?;
         if self.latch.is_serving_thread() {
@@ -414,8 +434,11 @@ impl Reactor {
     }
 
     /// Ask the loop to stop without waiting for it (safe from a signal handler on the
-    /// serving thread, and before the loop has started: the request is sticky).
-    fn request_stop(&self) -> PyResult<()> {
+    /// serving thread, and before the loop has started: the request is sticky); `timeout`
+    /// as for `shutdown`.
+    #[pyo3(signature = (timeout=None))]
+    fn request_stop(&self, timeout: Option<f64>) -> PyResult<()> {
+        self.set_drain_window(timeout);
         self.latch.request();
         self.shared.poller.wake().map_err(|e| os_error(&e))
     }

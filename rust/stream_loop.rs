@@ -147,10 +147,37 @@ impl<'r> StreamLoop<'r> {
             py.check_signals()?;
             self.python_half(server, handler_class)?;
         }
-        // Stop accepting; give queued replies a bounded time to go out.
-        let deadline = Instant::now() + SHUTDOWN_FLUSH;
+        // Stop accepting. With a drain window (`shutdown(timeout)`), go on serving the
+        // messages already read (on handler threads too) until none is left or the window
+        // closes; then give queued replies the rest of it (by default, a bounded time).
+        let Some(window) = self.reactor.take_drain_window() else {
+            let deadline = Instant::now() + SHUTDOWN_FLUSH;
+            py.detach(|| self.flush_before_return(deadline));
+            return Ok(());
+        };
+        let deadline = Instant::now() + window;
+        while self.has_work_in_flight() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            py.detach(|| self.io_half(Some(left.min(Duration::from_millis(50))), false))
+                .map_err(|e| os_error(&e))?;
+            py.check_signals()?;
+            self.python_half(server, handler_class)?;
+        }
         py.detach(|| self.flush_before_return(deadline));
         Ok(())
+    }
+
+    /// Messages read but not yet handled, or being handled on a worker thread.
+    fn has_work_in_flight(&self) -> bool {
+        !self.to_read.is_empty()
+            || self.conns.indices().any(|slot| {
+                self.conns
+                    .get(slot)
+                    .is_some_and(|c| c.handler.in_flight || !c.handler.backlog.is_empty())
+            })
     }
 
     fn next_timeout(&self) -> Option<Duration> {

@@ -123,7 +123,9 @@ impl Supervisor {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let Some(mut poller) = taken else {
-            return Err(PyValueError::new_err("Supervisor.wait() is already running"));
+            return Err(PyValueError::new_err(
+                "Supervisor.wait() is already running",
+            ));
         };
         let routed = SignalWakeup::install(py, poller.signal_write_fd());
         let waited = match &routed {
@@ -142,7 +144,11 @@ impl Supervisor {
     /// Ask the supervising loop to stop (what `shutdown()` does); wakes its wait.
     fn request_stop(&self) -> PyResult<()> {
         self.latch.request();
-        let waker = self.waker.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         waker.map_or(Ok(()), |w| w.wake().map_err(|e| os_error(&e)))
     }
 
@@ -195,7 +201,12 @@ impl Supervisor {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take(),
         );
-        drop(self.waker.lock().unwrap_or_else(PoisonError::into_inner).take());
+        drop(
+            self.waker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         self.children().clear();
         if !orphans::die_with_parent(parent) {
             return Ok(false);

@@ -5,7 +5,9 @@
 KIND: tcp, threading, pool, unix, udp, reactor. Every request is one line (one datagram); the
 reply says which child served it: ``pid=<pid> index=<worker index> <line>``. A line
 ``sleep <seconds>`` sleeps that long before replying; ``crash`` makes the child exit(3) at once.
-Extra ``ATTR=VALUE`` arguments are set on the server class (values parsed as Python literals).
+Extra ``ATTR=VALUE`` arguments are set on the server class (values parsed as Python literals);
+``crash_at_start=True`` makes every child exit(3) right after worker_init, and
+``shutdown_after=S`` calls ``server.shutdown()`` from another thread after S seconds.
 
 Prints ``READY <address>`` once listening, then ``EXIT <index> <status>`` for every child that
 ends (worker_exit) and ``INIT <index> <pid>`` from every child (worker_init), and finally
@@ -16,9 +18,15 @@ import ast
 import os
 import sys
 import tempfile
+import threading
 import time
 
 import socketserver_rs
+
+
+def say(text):
+    """One whole line to stdout in one write: parent and children share the pipe."""
+    os.write(1, (text + "\n").encode())
 
 
 def reply_for(line, server):
@@ -49,11 +57,15 @@ class MessageHandler(socketserver_rs.MessageHandler):
 
 
 class Hooks:
+    crash_at_start = False
+
     def worker_init(self, worker_index):
-        print(f"INIT {worker_index} {os.getpid()}", flush=True)
+        say(f"INIT {worker_index} {os.getpid()}")
+        if self.crash_at_start:
+            os._exit(3)
 
     def worker_exit(self, worker_index, status):
-        print(f"EXIT {worker_index} {status}", flush=True)
+        say(f"EXIT {worker_index} {status}")
 
 
 KINDS = {
@@ -81,9 +93,11 @@ def main():
     else:
         address = ("127.0.0.1", 0)
     with server_class(address, handler) as server:
-        print("READY", server.server_address, flush=True)
+        say(f"READY {server.server_address!r}")
+        if "shutdown_after" in attrs:
+            threading.Timer(attrs["shutdown_after"], server.shutdown).start()
         server.serve_forever(poll_interval=None)
-    print("STOPPED", flush=True)
+    say("STOPPED")
 
 
 if __name__ == "__main__":

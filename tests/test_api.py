@@ -15,8 +15,9 @@ pytestmark = pytest.mark.timeout(60)
 # Names socketserver_rs exports beyond the running stdlib's, each documented: install()
 # (swap it in for stdlib consumers), the Forking Unix servers the stdlib gained in 3.12
 # (offered on every version), and the opt-in servers of DESIGN.md's "Beyond the stdlib"
-# (pooled threading, reactor servers).
+# (pooled threading, reactor servers, prefork workers).
 DOCUMENTED_EXTRAS = {
+    "PreforkMixIn",
     "install",
     "listen_fds",
     "sd_notify",
@@ -192,9 +193,20 @@ def test_public_method_signatures_equal_the_stdlib(class_name):
     ours = getattr(socketserver_rs, class_name)
     for name in _stdlib_methods(theirs):
         assert hasattr(ours, name), f"{class_name}.{name} is missing"
-        assert inspect.signature(getattr(ours, name)) == inspect.signature(getattr(theirs, name)), (
-            f"{class_name}.{name}"
-        )
+        expected = inspect.signature(getattr(theirs, name))
+        if name == "shutdown":
+            # The one documented extension: shutdown(timeout=None), a graceful drain; the
+            # stdlib's call, shutdown(), means what it always meant.
+            assert list(expected.parameters) == ["self"]
+            expected = expected.replace(
+                parameters=[
+                    *expected.parameters.values(),
+                    inspect.Parameter(
+                        "timeout", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None
+                    ),
+                ]
+            )
+        assert inspect.signature(getattr(ours, name)) == expected, f"{class_name}.{name}"
 
 
 def _call_shape(function):

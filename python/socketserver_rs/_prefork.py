@@ -340,7 +340,7 @@ class PreforkMixIn(_MixInBase):
         """Fork the workers and supervise them until ``shutdown()`` or a signal."""
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ValueError(f"workers must be a positive integer, not {self.workers!r}")
-        if self.max_requests and not hasattr(self, "finish_request"):
+        if self.max_requests and not hasattr(self, "_rs_engine"):
             raise ValueError("max_requests counts finish_request() calls: not for reactors")
         _Arbiter(self, poll_interval).run()
 
@@ -379,7 +379,7 @@ class PreforkMixIn(_MixInBase):
         if hasattr(server, "_rs_engine"):
             server._rs_engine.shutdown_requested = True
         else:
-            server._rs_reactor.request_stop()
+            server._rs_reactor.request_stop(self.graceful_timeout)
 
     def _rs_child_main(
         self,

@@ -204,10 +204,13 @@ class _ReactorServer:
             if not one_shot:
                 connection.batch_done()
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float | None = None) -> None:
         """Stop ``serve_forever()``: no more accepting, queued replies are written (for up to
-        2 s), and it returns. Connections stay open until ``server_close()``."""
-        self._rs_reactor.shutdown()
+        2 s), and it returns. Connections stay open until ``server_close()``.
+
+        With ``timeout`` (a graceful drain), messages already read are still handled, on
+        handler threads too, and their replies written, for up to ``timeout`` seconds."""
+        self._rs_reactor.shutdown(timeout)
 
     def server_close(self) -> None:
         """Close every connection (each handler's ``finish()`` runs), the socket, and the

@@ -1,0 +1,176 @@
+"""Graceful drain: ``shutdown(timeout)`` stops accepting at once, then waits up to ``timeout``
+for the requests in flight (request threads, pool workers, reactor handler threads).
+
+The stdlib's ``shutdown()`` takes no argument; called that way, both modules behave alike (it
+does not wait for request threads: see test_shutdown_and_signals.py). With a timeout it is
+ours alone, so these tests run on socketserver_rs only."""
+
+import socket
+import socketserver
+import threading
+import time
+
+import pytest
+import socketserver_rs
+
+pytestmark = pytest.mark.timeout(60)
+
+CLIENT_TIMEOUT = 10.0
+
+
+class SlowHandler(socketserver_rs.StreamRequestHandler):
+    """Reads one line, waits for the test's ``release`` event (or ``delay``), replies."""
+
+    def handle(self):
+        line = self.rfile.readline()
+        self.server.started.set()
+        self.server.release.wait(self.server.delay)
+        self.wfile.write(b"done " + line)
+        self.server.finished.append(line)
+
+
+def make_server(base):
+    class Server(base):
+        allow_reuse_address = True
+
+    server = Server(("127.0.0.1", 0), SlowHandler)
+    server.started = threading.Event()
+    server.release = threading.Event()
+    server.delay = 0.5
+    server.finished = []
+    return server
+
+
+def serving(server):
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": None})
+    thread.start()
+    return thread
+
+
+def send(address, payload, replies):
+    with socket.create_connection(address, timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(payload)
+        replies.append(sock.makefile("rb").readline())
+
+
+BASES = [socketserver_rs.ThreadingTCPServer, socketserver_rs.ThreadPoolTCPServer]
+
+
+@pytest.mark.parametrize("base", BASES, ids=lambda b: b.__name__)
+def test_shutdown_with_a_timeout_waits_for_the_request_in_flight(base):
+    server = make_server(base)
+    loop = serving(server)
+    replies = []
+    client = threading.Thread(target=send, args=(server.server_address, b"a\n", replies))
+    try:
+        client.start()
+        assert server.started.wait(CLIENT_TIMEOUT)
+        started = time.monotonic()
+        server.shutdown(timeout=20)
+        # It returned because the request finished, not because the timeout ran out.
+        assert server.finished == [b"a\n"]
+        assert time.monotonic() - started < 15
+        loop.join(5)
+        assert not loop.is_alive()
+        client.join(CLIENT_TIMEOUT)
+        assert replies == [b"done a\n"]
+    finally:
+        server.release.set()
+        server.server_close()
+
+
+@pytest.mark.parametrize("base", BASES, ids=lambda b: b.__name__)
+def test_shutdown_with_a_timeout_gives_up_on_requests_that_take_longer(base):
+    server = make_server(base)
+    server.delay = 30
+    loop = serving(server)
+    client = threading.Thread(target=send, args=(server.server_address, b"b\n", []))
+    try:
+        client.start()
+        assert server.started.wait(CLIENT_TIMEOUT)
+        started = time.monotonic()
+        server.shutdown(timeout=0.3)
+        took = time.monotonic() - started
+        assert 0.25 <= took < 5, took
+        assert server.finished == []  # still running: shutdown() did not wait for it
+    finally:
+        server.release.set()
+        client.join(CLIENT_TIMEOUT)
+        server.server_close()
+        loop.join(5)
+
+
+@pytest.mark.parametrize("base", BASES, ids=lambda b: b.__name__)
+def test_shutdown_with_a_timeout_returns_at_once_when_nothing_is_in_flight(base):
+    server = make_server(base)
+    loop = serving(server)
+    try:
+        started = time.monotonic()
+        server.shutdown(timeout=10)
+        assert time.monotonic() - started < 2
+    finally:
+        server.server_close()
+        loop.join(5)
+
+
+def test_the_stdlib_shutdown_takes_no_timeout_ours_adds_one():
+    with pytest.raises(TypeError):
+        socketserver.TCPServer.shutdown(object(), timeout=1)  # type: ignore[call-arg]
+    server = socketserver_rs.TCPServer(("127.0.0.1", 0), SlowHandler)
+    try:
+        loop = serving(server)
+        server.shutdown(timeout=1)  # a plain server's request runs on the loop's thread
+        loop.join(5)
+        assert not loop.is_alive()
+    finally:
+        server.server_close()
+
+
+class SlowMessages(socketserver_rs.MessageHandler):
+    framing = "line"
+
+    def handle_message(self, message):
+        self.server.started.set()
+        time.sleep(0.5)
+        return b"done " + message
+
+
+def test_reactor_shutdown_with_a_timeout_answers_the_messages_already_read():
+    class Server(socketserver_rs.ReactorTCPServer):
+        handler_threads = 2
+
+    server = Server(("127.0.0.1", 0), SlowMessages)
+    server.started = threading.Event()
+    loop = serving(server)
+    replies = []
+    client = threading.Thread(target=send, args=(server.server_address, b"c\n", replies))
+    try:
+        client.start()
+        assert server.started.wait(CLIENT_TIMEOUT)
+        server.shutdown(timeout=20)
+        client.join(CLIENT_TIMEOUT)
+        assert replies == [b"done c\n"]
+    finally:
+        server.server_close()
+        loop.join(5)
+
+
+def test_reactor_shutdown_without_a_timeout_does_not_wait_for_handler_threads():
+    class Server(socketserver_rs.ReactorTCPServer):
+        handler_threads = 2
+
+    server = Server(("127.0.0.1", 0), SlowMessages)
+    server.started = threading.Event()
+    loop = serving(server)
+    replies = []
+    client = threading.Thread(target=send, args=(server.server_address, b"d\n", replies))
+    try:
+        client.start()
+        assert server.started.wait(CLIENT_TIMEOUT)
+        started = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - started < 0.45  # the handler still sleeps
+    finally:
+        server.server_close()
+        loop.join(5)
+        client.join(CLIENT_TIMEOUT)
