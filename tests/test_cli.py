@@ -603,3 +603,53 @@ def test_version_is_the_installed_distribution_version():
 
     assert result.returncode == 0, result
     assert result.stdout.strip() == f"{PROG} {importlib.metadata.version('socketserver-rs')}"
+
+
+# --- echo --workers: prefork ---------------------------------------------------------------------
+
+ECHO_PREFORK_TCP = re.compile(r"uppercase echo on tcp 127\.0\.0\.1:(\d+) with Prefork\w+TCPServer;")
+
+
+@needs_proc
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="prefork needs os.fork")
+@pytest.mark.parametrize("family", ["threading", "pool", "reactor"])
+def test_echo_with_workers_serves_from_that_many_children_and_stops_on_ctrl_c(
+    start_demo, tmp_path, family
+):
+    demo = start_demo(
+        "echo", "--transport", "tcp", "--port", "0", "--family", family, "--workers", "2"
+    )
+    port = int(demo.wait_until_serving(ECHO_PREFORK_TCP).group(1))
+    # The parent and its two children all work in the test's directory.
+    assert len(wait_for_processes_in(tmp_path, 3)) == 3, demo.output()
+    for _ in range(3):
+        assert tcp_exchange(port, b"hello\n") == b"HELLO\n"
+    assert_stops_cleanly_on_sigint(demo, whole_group=True)
+    assert wait_for_processes_in(tmp_path, 0) == []
+
+
+@needs_proc
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="prefork needs os.fork")
+def test_echo_with_workers_stops_gracefully_on_sigterm(start_demo, tmp_path):
+    demo = start_demo("echo", "--transport", "tcp", "--port", "0", "--workers", "2")
+    port = int(demo.wait_until_serving(ECHO_PREFORK_TCP).group(1))
+    assert tcp_exchange(port, b"x\n") == b"X\n"
+    demo.proc.send_signal(signal.SIGTERM)
+    assert demo.proc.wait(timeout=STOP_LIMIT + 9) == 0, demo.output()
+    demo.join_readers()
+    assert "Traceback" not in demo.stderr, demo.output()
+    assert wait_for_processes_in(tmp_path, 0) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="prefork needs os.fork")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--workers", "0", "--transport", "tcp"],
+        ["--workers", "two", "--transport", "tcp"],
+        ["--workers", "2"],  # --transport both: two servers
+        ["--workers", "2", "--transport", "tcp", "--family", "forking"],
+    ],
+)
+def test_echo_workers_refuses_what_it_cannot_do(args):
+    assert_usage_error(run_cli("echo", *args), "python -m socketserver_rs echo")

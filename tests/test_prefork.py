@@ -55,8 +55,13 @@ def alive(pid):
 class PreforkProcess(CollectsOutput):
     def __init__(self, kind, workers, *assignments):
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "_prefork_server.py"), kind, str(workers)]
-            + list(assignments),
+            [
+                sys.executable,
+                os.path.join(HERE, "_prefork_server.py"),
+                kind,
+                str(workers),
+                *assignments,
+            ],
             cwd=HERE,
             env=child_env(),
             stdin=subprocess.DEVNULL,

@@ -145,9 +145,11 @@ def _echo_server(
     address: Any,
     address_family: int,
     sock: socket.socket | None = None,
+    workers: int | None = None,
 ) -> _Server:
     """Make (and bind) the echo server of ``family`` for ``transport``; on ``sock``, an
-    inherited bound socket, when given (``--fd``).
+    inherited bound socket, when given (``--fd``); pre-forked into ``workers`` processes
+    under a supervising parent, when given (``--workers``).
 
     The demo's settings are class attributes of a subclass, since the constructor binds:
     request threads and children never hold up Ctrl-C (daemon threads, no waiting for the
@@ -161,7 +163,11 @@ def _echo_server(
         "allow_reuse_address": transport == "tcp",
         "address_family": address_family,
     }
-    cls: Any = type(class_name, (base,), settings)
+    bases: tuple[type, ...] = (base,)
+    if workers is not None:  # `workers` pre-forked processes under a supervising parent
+        bases, class_name = (ss.PreforkMixIn, base), "Prefork" + class_name
+        settings["workers"] = workers
+    cls: Any = type(class_name, bases, settings)
     if sock is not None:
         return cast(_Server, cls.from_socket(sock, handler))
     return cast(_Server, cls(address, handler))
@@ -237,18 +243,24 @@ def _run_echo(args: argparse.Namespace) -> int:
                 sock = _cli_ops.inherited_socket(args.fd)
                 transport = _cli_ops.transport_of(sock)
                 where = f"descriptor {args.fd}"
-                primary = _echo_server(family, transport, None, sock.family, sock)
+                primary = _echo_server(
+                    family, transport, None, sock.family, sock, workers=args.workers
+                )
                 cleanup.callback(primary.server_close)
             elif transport == "unix":
                 where = args.path
-                primary = _echo_server(family, "unix", args.path, socket.AF_UNIX)
+                primary = _echo_server(
+                    family, "unix", args.path, socket.AF_UNIX, workers=args.workers
+                )
                 cleanup.callback(primary.server_close)
                 cleanup.callback(_remove, args.path)
             else:
                 where = _host_port(args.host, args.port)
                 address_family = _inet_family(args.host)
                 first = "udp" if transport == "udp" else "tcp"
-                primary = _echo_server(family, first, (args.host, args.port), address_family)
+                primary = _echo_server(
+                    family, first, (args.host, args.port), address_family, workers=args.workers
+                )
                 cleanup.callback(primary.server_close)
                 if transport == "both":
                     # UDP on the port TCP got (TCP picks one for --port 0).
@@ -370,6 +382,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _workers(text: str) -> int:
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return workers
+
+
 def _directory(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"not a directory: {text!r}")
@@ -422,6 +444,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     echo.add_argument("--path", help="socket path for --transport unix (required there)")
     _cli_ops.add_options(echo)
+    if hasattr(os, "fork"):
+        echo.add_argument(
+            "--workers",
+            type=_workers,
+            help="serve with N pre-forked worker processes under a supervising parent "
+            "(PreforkMixIn); one transport only (default: one process)",
+        )
     echo.set_defaults(run=_run_echo)
 
     http_command = commands.add_parser(
@@ -467,6 +496,13 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
         commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "echo":
         echo = commands["echo"]
+        args.workers = getattr(args, "workers", None)
+        if args.workers is not None and (
+            args.family == "forking" or (args.fd is None and args.transport == "both")
+        ):
+            echo.error(
+                "--workers needs one transport (tcp, udp or unix) and a family other than forking"
+            )
         if args.fd is not None:
             if args.path is not None or args.host is not None or args.port is not None:
                 echo.error("--fd serves the inherited socket: no --host, --port or --path")
