@@ -11,7 +11,15 @@ from typing import Any, Literal, final
 
 from typing_extensions import Buffer
 
-__all__ = ["Connection", "Engine", "Reactor", "WorkerPool", "platform_paths", "send_all"]
+__all__ = [
+    "Connection",
+    "Engine",
+    "Reactor",
+    "Supervisor",
+    "WorkerPool",
+    "platform_paths",
+    "send_all",
+]
 
 @final
 class Engine:
