@@ -108,6 +108,11 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Whether `pid` is a child not reaped yet (so its pid cannot have been reused).
+    fn is_watching(&self, pid: i32) -> bool {
+        self.children().contains(&pid)
+    }
+
     /// Wait (GIL released) until a signal arrives, `request_stop()` is called or `timeout`
     /// seconds pass, then reap. Returns the children that ended, as `(pid, wait status)`
     /// (status None: reaped elsewhere). Signal handlers run once this returns to Python.

@@ -442,3 +442,55 @@ def test_shutdown_before_serve_forever_makes_it_return_at_once_without_forking()
         assert time.monotonic() - started < 5
         stopper.join(5)
         assert not stopper.is_alive()
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+@needs_proc
+def test_soak_ten_reloads_and_ten_kills_under_load_leave_nothing_behind(start):
+    server = start("pool", 2)
+    server.request("warm")
+    time.sleep(1.1)  # past the start-up window, where deaths count as failed starts
+    parent_fds = len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+    children_rss = sum(rss_kib(pid) for pid in server.children())
+    served, failures = [], []
+    running = threading.Event()
+    running.set()
+
+    def client_loop():
+        deadline = time.monotonic() + 60
+        while running.is_set() and time.monotonic() < deadline:
+            try:
+                served.append(server.request("soak", timeout=5))
+            except OSError as error:
+                failures.append(repr(error))
+
+    client = threading.Thread(target=client_loop)
+    client.start()
+    try:
+        for round in range(10):
+            exits = server.count("EXIT")
+            server.signal(signal.SIGHUP)
+            server.wait_for(lambda exits=exits: server.count("EXIT") >= exits + 2, 10)
+            server.wait_children(2)
+            time.sleep(1.1)  # a crash of a child that has been serving, not a failed start
+            inits = server.count("INIT")
+            os.kill(server.children()[round % 2], signal.SIGKILL)
+            server.wait_for(lambda inits=inits: server.count("INIT") > inits, 5)
+            server.wait_children(2)
+    finally:
+        running.clear()
+        client.join(30)
+    # The client makes one request at a time: at most the one in flight on a killed child
+    # fails, and reloads fail none.
+    assert len(failures) <= 10, failures
+    assert len(served) > 50
+    assert len(server.children()) == 2
+    assert len(os.listdir(f"/proc/{server.proc.pid}/fd")) == parent_fds
+    assert sum(rss_kib(pid) for pid in server.children()) < children_rss * 1.5 + 4096

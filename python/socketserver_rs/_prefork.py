@@ -106,7 +106,10 @@ class _Arbiter:
         if threading.current_thread() is not threading.main_thread():
             return None  # only the main thread may; shutdown() still works
         previous = {}
-        for name in ("SIGTERM", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGCHLD"):
+        # SIGINT too: KeyboardInterrupt raised at any bytecode of this loop could drop the
+        # statuses of children the wait has just reaped. It is raised below, once they are
+        # all stopped and accounted for.
+        for name in ("SIGTERM", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGCHLD", "SIGINT"):
             if hasattr(signal, name):
                 signum = getattr(signal, name)
                 previous[signum] = signal.signal(signum, self._note_signal)
@@ -115,6 +118,9 @@ class _Arbiter:
     def _act_on_signals(self) -> None:
         while self.pending_signals:
             signum = self.pending_signals.pop(0)
+            if signum == signal.SIGINT:
+                self.stop_at_once()
+                raise KeyboardInterrupt
             if signum == signal.SIGTERM:
                 self.begin_stop(self.server.graceful_timeout)
             elif signum == getattr(signal, "SIGHUP", None):
@@ -148,6 +154,8 @@ class _Arbiter:
         self.children[pid] = _Child(pid, index, slot)
 
     def signal_child(self, child: _Child, signum: int) -> None:
+        if not self.supervisor.is_watching(child.pid):
+            return  # reaped already: its pid may belong to another process by now
         try:
             os.kill(child.pid, signum)
         except ProcessLookupError:
@@ -167,16 +175,17 @@ class _Arbiter:
             return
         self.free_slots.append(child.slot)
         code = os.waitstatus_to_exitcode(status) if status is not None else 0
-        if not child.stopping:
-            # Died on its own: replace it, at once unless it keeps dying right after start.
-            now = time.monotonic()
-            failures = self.backoff.get(child.index, (0, 0.0))[0]
-            if now - child.started < _QUICK_DEATH:
-                failures += 1
-                delay = min(_BACKOFF_FIRST * 2 ** (failures - 1), _BACKOFF_MAX)
-                self.backoff[child.index] = (failures, now + delay if failures > 1 else now)
-            else:
-                self.backoff.pop(child.index, None)
+        now = time.monotonic()
+        if now - child.started >= _QUICK_DEATH:
+            self.backoff.pop(child.index, None)  # this index has started fine
+        elif not child.stopping:
+            # Died on its own right after its start: the first replacement starts at once,
+            # the next ones wait, doubling, so a worker that cannot start makes no fork loop.
+            failures = self.backoff.get(child.index, (0, 0.0))[0] + 1
+            delay = (
+                0.0 if failures == 1 else min(_BACKOFF_FIRST * 2 ** (failures - 1), _BACKOFF_MAX)
+            )
+            self.backoff[child.index] = (failures, now + delay)
         try:
             self.server.worker_exit(child.index, code)
         except Exception:
@@ -265,7 +274,8 @@ class _Arbiter:
                 for pid, status in supervisor.wait(self.next_timeout(tick)):
                     self.reaped(pid, status)
         except BaseException:
-            self.stop_at_once()
+            if self.children:
+                self.stop_at_once()
             raise
         finally:
             if previous is not None:
@@ -286,6 +296,9 @@ class _Arbiter:
                 deadline = float("inf")
             for pid, status in self.supervisor.wait(min(max(left, 0.0), 0.05)):
                 self.reaped(pid, status)
+            for child in list(self.children.values()):
+                if not self.supervisor.is_watching(child.pid):
+                    self.reaped(child.pid, None)  # reaped, its status lost to an exception
 
 
 class PreforkMixIn(_MixInBase):
