@@ -87,6 +87,18 @@ class Server:
                     found.append(int(entry))
         return found
 
+    def cpu_seconds(self):
+        """CPU time (user + system) of the server: the parent and its live children."""
+        total = 0
+        for pid in [self.proc.pid, *self.children()]:
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
     def wait_children(self, count, timeout=10):
         deadline = time.monotonic() + timeout
         while len(self.children()) != count and time.monotonic() < deadline:
@@ -164,12 +176,16 @@ def loadgen(address, mode, duration, conns=16):
 
 def wrk(address, duration, conns=16):
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", f"http://{address}/"],
+        # wrk takes whole seconds.
+        ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", f"http://{address}/"],
         capture_output=True,
         text=True,
         timeout=duration + 30,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"wrk failed:\n{out}")
+    rps = float(found.group(1))
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
@@ -216,9 +232,13 @@ def throughput(args, burn_n):
             server = ours(impl, handler, workers, burn_n)
             try:
                 loadgen(server.address, "tcp", 0.3)  # warm-up
-                results[config].append(loadgen(server.address, "tcp", args.duration))
+                cpu = server.cpu_seconds()
+                result = loadgen(server.address, "tcp", args.duration)
+                result["cpu_us"] = (server.cpu_seconds() - cpu) / max(1, result["requests"]) * 1e6
+                results[config].append(result)
             finally:
                 server.close()
+    cpus = {}
     for handler in ("cpu", "echo"):
         rows = []
         base = None
@@ -230,16 +250,54 @@ def throughput(args, burn_n):
                 base = rps
             errors = sum(r["errors"] + r["timeouts"] for r in results[config])
             p50 = statistics.median(r["latency_us"]["p50"] or 0 for r in results[config])
-            rows.append([config[3], f"{rps:,.0f}", f"{spread:.0%}", f"{p50:.0f}", str(errors)])
+            cpu = statistics.median(r["cpu_us"] for r in results[config])
+            cpus[(handler, config[1], config[2])] = cpu
+            rows.append(
+                [config[3], f"{rps:,.0f}", f"{spread:.0%}", f"{p50:.0f}", f"{cpu:.1f}", str(errors)]
+            )
         for row in rows:
             rps = float(row[1].replace(",", ""))
             row.insert(2, f"{rps / base:.2f}x" if base else "")
         what = "CPU-bound handler (~50 µs Python per request)" if handler == "cpu" else "echo"
         table(
             f"throughput, {what}, 16 persistent connections",
-            ["server", "req/s (median)", "x prefork workers=1", "spread", "p50 µs", "errors"],
+            [
+                "server",
+                "req/s (median)",
+                "x prefork workers=1",
+                "spread",
+                "p50 µs",
+                "server CPU µs/request",
+                "errors",
+            ],
             rows,
         )
+    projection(cpus)
+
+
+def projection(cpus):
+    """On paper, not measured: the ceiling of N workers on N free cores is N x (1 s / CPU
+    per request), from the CPU per request measured here with one worker."""
+    rows = []
+    for handler, impl in (
+        ("cpu", "prefork-pool"),
+        ("echo", "prefork-pool"),
+        ("echo", "prefork-reactor"),
+    ):
+        cpu = cpus.get((handler, impl, 1))
+        if not cpu:
+            continue
+        name = {"prefork-pool": "ThreadPoolTCPServer", "prefork-reactor": "ReactorTCPServer"}[impl]
+        rows.append(
+            [f"{handler}, Prefork + {name}"] + [f"{n * 1e6 / cpu:,.0f}" for n in (1, 2, 4, 8, 16)]
+        )
+    table(
+        "on paper: ceiling at N workers on N free cores (16-core machine), from the measured CPU "
+        "per request at workers=1; assumes the load generator runs elsewhere and no shared "
+        "bottleneck (one accept queue, memory bandwidth)",
+        ["handler, server", "1", "2", "4", "8", "16"],
+        rows,
+    )
 
 
 def http(args, burn_n):
@@ -262,7 +320,7 @@ def http(args, burn_n):
                 else gunicorn(kind, 2, burn_n)
             )
             try:
-                wrk(server.address, 0.5)
+                wrk(server.address, 1)
                 results[config].append(wrk(server.address, args.duration))
             finally:
                 server.close()

@@ -7,14 +7,20 @@ keep-alive). HANDLER: ``cpu`` (burn(BURN_N) per request, then the reply) or ``ec
 ``READY 127.0.0.1:PORT`` once listening, ``INIT <index> <pid>`` from every child.
 """
 
-import http.server
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import socketserver_rs
-from work import burn
+
+# http.server on socketserver_rs (its handlers' native wfile), as docs/stdlib-consumers.md
+# sets it up: install() before http.server is imported.
+socketserver_rs.install()
+
+import http.server  # noqa: E402
+
+from work import burn  # noqa: E402
 
 BODY = b"x" * 64
 
