@@ -91,11 +91,12 @@ fmt: $(VENV_READY) ## Format Rust and Python sources in place and apply ruff's s
 demo: $(BUILT) ## Serve the uppercase echo on TCP and UDP 127.0.0.1:9999 until Ctrl-C
 	$(PY) -m socketserver_rs $(DEMO_ARGS)
 
-bench: $(BUILT) ## Run the benchmarks (benches/run.py); brings uvloop, and wrk where apt-get is
+bench: $(BUILT) ## Run the benchmarks (benches/run.py, then benches/prefork); brings uvloop, gunicorn, and wrk where apt-get is
 	$(PY) -c "$$LIST_EXTRAS" bench > $(VENV)/bench-extras.txt
 	$(PIP) install --quiet -r $(VENV)/bench-extras.txt
 	command -v wrk >/dev/null || ! command -v apt-get >/dev/null || apt-get install -y -qq wrk >/dev/null || true
 	$(PY) benches/run.py $(BENCH_ARGS)
+	$(PY) benches/prefork $(PREFORK_BENCH_ARGS) | tee benches/results/prefork.md
 
 soak: $(BUILT) ## Leak soak: 100,000 connection-per-request echoes per server family (~1-2 min)
 	$(PY) benches/soak.py $(SOAK_ARGS)

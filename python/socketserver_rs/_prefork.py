@@ -94,7 +94,6 @@ class _Arbiter:
         self.backoff: dict[int, tuple[int, float]] = {}
         self.pending_signals: list[int] = []
         self.stopping = False
-        self.stop_deadline: float | None = None
         self.pid = os.getpid()
 
     # -- signals -------------------------------------------------------------------------
@@ -110,8 +109,9 @@ class _Arbiter:
         # statuses of children the wait has just reaped. It is raised below, once they are
         # all stopped and accounted for.
         for name in ("SIGTERM", "SIGHUP", "SIGTTIN", "SIGTTOU", "SIGCHLD", "SIGINT"):
-            if hasattr(signal, name):
-                signum = getattr(signal, name)
+            signum = getattr(signal, name, None)
+            # A signal the process was started ignoring (nohup, a background job) stays so.
+            if signum is not None and signal.getsignal(signum) != signal.SIG_IGN:
                 previous[signum] = signal.signal(signum, self._note_signal)
         return previous
 
@@ -123,6 +123,8 @@ class _Arbiter:
                 raise KeyboardInterrupt
             if signum == signal.SIGTERM:
                 self.begin_stop(self.server.graceful_timeout)
+            elif self.stopping:
+                continue  # no reloading or resizing on the way out
             elif signum == getattr(signal, "SIGHUP", None):
                 self.reload()
             elif signum == getattr(signal, "SIGTTIN", None):
@@ -229,6 +231,7 @@ class _Arbiter:
                 file=sys.stderr,
             )
             self.signal_child(child, signal.SIGKILL)
+            child.stopping = True  # on its way out: replaced now, with no backoff
 
     def kill_overdue(self) -> None:
         now = time.monotonic()
