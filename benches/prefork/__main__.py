@@ -337,12 +337,41 @@ def http(args, burn_n):
     )
 
 
-def fault(args, burn_n, action):
+def listeners(args, burn_n):
+    """The inherited listener against a SO_REUSEPORT socket per child: connection-per-request
+    echo throughput with 2 workers, and failed requests across one SIGHUP reload."""
+    configs = [
+        ("prefork-pool", "one inherited listener"),
+        ("prefork-pool-reuseport", "SO_REUSEPORT per child"),
+    ]
+    results = {config: [] for config in configs}
+    for round_index in range(args.rounds):
+        for config in configs[round_index % 2 :] + configs[: round_index % 2]:
+            server = ours(config[0], "echo", 2, burn_n)
+            try:
+                loadgen(server.address, "connect", 0.3)
+                results[config].append(loadgen(server.address, "connect", args.duration))
+            finally:
+                server.close()
+    rows = []
+    for config in configs:
+        rps, spread = summary([r["rps"] for r in results[config]])
+        errors = sum(r["errors"] + r["timeouts"] for r in results[config])
+        rows.append([config[1], f"{rps:,.0f}", f"{spread:.0%}", str(errors)])
+    table(
+        "listener: connection per request, echo, 2 workers, 16 clients",
+        ["children accept from", "req/s (median)", "spread", "failed requests"],
+        rows,
+    )
+    fault(args, burn_n, "reload", impl="prefork-pool-reuseport")
+
+
+def fault(args, burn_n, action, impl="prefork-pool"):
     """Run connection-per-request load for 4 s; at 1.5 s kill a child or SIGHUP the parent."""
     rows = []
     recoveries, failed, totals = [], [], []
     for _ in range(args.rounds):
-        server = ours("prefork-pool", "echo", 2, burn_n)
+        server = ours(impl, "echo", 2, burn_n)
         try:
             result = {}
             load = threading.Thread(
@@ -380,6 +409,8 @@ def fault(args, burn_n, action):
         finally:
             server.close()
     what = "kill -9 one of 2 children" if action == "crash" else "SIGHUP reload of 2 children"
+    if impl.endswith("-reuseport"):
+        what += " (SO_REUSEPORT per child)"
     until = (
         "worker count whole again" if action == "crash" else "old children gone, new ones serving"
     )
@@ -403,7 +434,7 @@ def main():
     parser = argparse.ArgumentParser(prog="python benches/prefork")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=3.0)
-    parser.add_argument("--only", default="throughput,http,crash,reload")
+    parser.add_argument("--only", default="throughput,http,crash,reload,listeners")
     args = parser.parse_args()
     if not os.path.exists(LOADGEN):
         subprocess.run(
@@ -424,6 +455,8 @@ def main():
         fault(args, burn_n, "crash")
     if "reload" in only:
         fault(args, burn_n, "reload")
+    if "listeners" in only:
+        listeners(args, burn_n)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -1,6 +1,7 @@
 """One benchmark server per process: ``python serve.py IMPL HANDLER WORKERS BURN_N``.
 
 IMPL: ``single-pool`` (ThreadPoolTCPServer), ``prefork-pool`` (PreforkMixIn over it),
+``prefork-pool-reuseport`` (the same, each child on a SO_REUSEPORT socket of its own),
 ``single-reactor`` / ``prefork-reactor`` (ReactorTCPServer, line framing), ``prefork-http``
 (PreforkMixIn + ThreadPoolTCPServer serving http.server's BaseHTTPRequestHandler, HTTP/1.1
 keep-alive). HANDLER: ``cpu`` (burn(BURN_N) per request, then the reply) or ``echo``. Prints
@@ -8,6 +9,7 @@ keep-alive). HANDLER: ``cpu`` (burn(BURN_N) per request, then the reply) or ``ec
 """
 
 import os
+import socket
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -68,10 +70,25 @@ def main():
     bases = (socketserver_rs.PreforkMixIn, family) if impl.startswith("prefork") else (family,)
     attrs = {"workers": workers, "request_queue_size": 1024, "allow_reuse_address": True}
 
+    reuseport = impl.endswith("-reuseport")
+
     def worker_init(self, index):
+        if reuseport:
+            # The alternative to the inherited listener, for comparison only: each child
+            # listens on a SO_REUSEPORT socket of its own and the kernel spreads connections
+            # over them. (The parent's socket is bound but never listens.)
+            own = socket.socket()
+            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            own.bind(self.server_address)
+            own.listen(1024)
+            self.socket.close()
+            self.socket = own
         os.write(1, f"INIT {index} {os.getpid()}\n".encode())
 
     attrs["worker_init"] = worker_init
+    if reuseport:
+        attrs["allow_reuse_port"] = True
+        attrs["server_activate"] = lambda self: None
     server = type("Server", bases, attrs)(("127.0.0.1", 0), handler)
     os.write(1, f"READY 127.0.0.1:{server.server_address[1]}\n".encode())
     try:
