@@ -7,7 +7,8 @@ reply says which child served it: ``pid=<pid> index=<worker index> <line>``. A l
 ``sleep <seconds>`` sleeps that long before replying; ``crash`` makes the child exit(3) at once.
 Extra ``ATTR=VALUE`` arguments are set on the server class (values parsed as Python literals);
 ``crash_at_start=True`` makes every child exit(3) right after worker_init, and
-``shutdown_after=S`` calls ``server.shutdown()`` from another thread after S seconds.
+``shutdown_after=S`` calls ``server.shutdown(shutdown_timeout)`` from another thread after S
+seconds (``shutdown_timeout`` defaults to None).
 
 Prints ``READY <address>`` once listening, then ``EXIT <index> <status>`` for every child that
 ends (worker_exit) and ``INIT <index> <pid>`` from every child (worker_init), and finally
@@ -95,7 +96,8 @@ def main():
     with server_class(address, handler) as server:
         say(f"READY {server.server_address!r}")
         if "shutdown_after" in attrs:
-            threading.Timer(attrs["shutdown_after"], server.shutdown).start()
+            timeout = attrs.get("shutdown_timeout")
+            threading.Timer(attrs["shutdown_after"], server.shutdown, (timeout,)).start()
         server.serve_forever(poll_interval=None)
     say("STOPPED")
 

@@ -396,6 +396,19 @@ def test_shutdown_from_another_thread_stops_gracefully(start):
     assert server.count("EXIT") == 2
 
 
+@needs_proc
+def test_shutdown_with_a_timeout_cuts_the_graceful_stop_short(start):
+    server = start("threading", 1, "shutdown_after=1.0", "shutdown_timeout=0.5")
+    children = server.children()
+    client = threading.Thread(target=lambda: server.request("sleep 30"), daemon=True)
+    client.start()  # still running when shutdown() comes; graceful_timeout is 30 s
+    started = time.monotonic()
+    assert server.finish() == 0
+    assert time.monotonic() - started < 10
+    assert server.events[-1] == "STOPPED"
+    assert not any(alive(pid) for pid in children)
+
+
 class _Quiet(socketserver_rs.StreamRequestHandler):
     def handle(self):
         pass
