@@ -53,7 +53,7 @@ def alive(pid):
 
 
 class PreforkProcess(CollectsOutput):
-    def __init__(self, kind, workers, *assignments):
+    def __init__(self, kind, workers, *assignments, env=None):
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -63,7 +63,7 @@ class PreforkProcess(CollectsOutput):
                 *assignments,
             ],
             cwd=HERE,
-            env=child_env(),
+            env={**child_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -171,8 +171,8 @@ class PreforkProcess(CollectsOutput):
 def start():
     started = []
 
-    def start(kind, workers, *assignments):
-        server = PreforkProcess(kind, workers, *assignments)
+    def start(kind, workers, *assignments, env=None):
+        server = PreforkProcess(kind, workers, *assignments, env=env)
         started.append(server)
         return server
 
@@ -407,6 +407,22 @@ def test_shutdown_with_a_timeout_cuts_the_graceful_stop_short(start):
     assert time.monotonic() - started < 10
     assert server.events[-1] == "STOPPED"
     assert not any(alive(pid) for pid in children)
+
+
+def test_only_the_parent_tells_systemd_ready_and_stopping(start, tmp_path):
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(path)
+        notify.settimeout(STARTUP)
+        server = start("pool", 2, env={"NOTIFY_SOCKET": path})
+        assert notify.recv(100) == b"READY=1"
+        server.request("x")  # the children serve, and say nothing
+        server.signal(signal.SIGTERM)
+        assert notify.recv(100) == b"STOPPING=1"
+        assert server.finish() == 0
+        notify.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            notify.recv(100)
 
 
 class _Quiet(socketserver_rs.StreamRequestHandler):

@@ -23,7 +23,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from . import _core
+from . import _activation, _core
 
 if TYPE_CHECKING:
     from ._servers import BaseServer
@@ -263,20 +263,30 @@ class _Arbiter:
         supervisor.begin()
         previous = self._install_signals()
         tick = _TICK if previous is not None else _TICK_WITHOUT_SIGNALS
+        ready = False
         try:
             while True:
                 if supervisor.stop_requested and not self.stopping:
                     self.begin_stop(self.server._rs_stop_timeout())
                 self._act_on_signals()
+                if self.stopping and ready:
+                    _activation.notify_quietly("STOPPING=1")  # as the stop begins, once
+                    ready = False
                 if not self.stopping:
                     self.fill()
                     self.check_heartbeats()
+                    if not ready:
+                        # The parent speaks for the service (the children do not).
+                        _activation.notify_quietly("READY=1")
+                        ready = True
                 self.kill_overdue()
                 if self.stopping and not self.children:
                     return
                 for pid, status in supervisor.wait(self.next_timeout(tick)):
                     self.reaped(pid, status)
         except BaseException:
+            if ready:
+                _activation.notify_quietly("STOPPING=1")
             if self.children:
                 self.stop_at_once()
             raise
@@ -415,6 +425,9 @@ class PreforkMixIn(_MixInBase):
             for signum in _CHILD_IGNORES:
                 signal.signal(signum, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            # The parent alone talks to the service manager (sd_notify(3)'s
+            # unset_environment, for the serving loop's READY=1 / STOPPING=1).
+            os.environ.pop("NOTIFY_SOCKET", None)
             timeout = self.worker_timeout
             beat_every = None if timeout is None else min(max(timeout / 4, 0.05), 1.0)
             if not self._rs_supervisor.enter_child(parent, slot, beat_every):
