@@ -109,6 +109,11 @@ static BEAT_SLOT: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 static BEAT_EVERY_MS: AtomicU64 = AtomicU64::new(0);
 /// The pid of the parent this child must not outlive (0: none).
 static PARENT: AtomicI32 = AtomicI32::new(0);
+/// When the beat next looks at the parent (ms on `now_ms`'s clock): `getppid` is a real
+/// system call, so at most once a second.
+static NEXT_PARENT_CHECK: AtomicU64 = AtomicU64::new(0);
+/// How often the beat looks at the parent.
+const PARENT_CHECK_EVERY_MS: u64 = 1000;
 /// Keeps the attached board mapped for as long as the process beats into it.
 static ATTACHED: Mutex<Option<Arc<Board>>> = Mutex::new(None);
 
@@ -144,14 +149,18 @@ pub fn beat() {
     if slot.is_null() {
         return;
     }
-    if orphaned() {
-        // The fallback for systems without a parent-death signal: a child must never serve
-        // on after its supervisor is gone. Nothing of the parent's to clean up here.
-        // SAFETY: _exit has no preconditions.
-        unsafe { libc::_exit(1) };
+    let now = now_ms();
+    if now >= NEXT_PARENT_CHECK.load(Ordering::Relaxed) {
+        NEXT_PARENT_CHECK.store(now + PARENT_CHECK_EVERY_MS, Ordering::Relaxed);
+        if orphaned() {
+            // The fallback for systems without a parent-death signal: a child must never
+            // serve on after its supervisor is gone. Nothing of the parent's to clean up.
+            // SAFETY: _exit has no preconditions.
+            unsafe { libc::_exit(1) };
+        }
     }
     // SAFETY: `slot` points into the board kept mapped by `ATTACHED`.
-    unsafe { &*slot }.store(now_ms(), Ordering::Relaxed);
+    unsafe { &*slot }.store(now, Ordering::Relaxed);
 }
 
 /// `timeout`, shortened so that the loop beats again in time (unchanged when not attached).
