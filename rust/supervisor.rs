@@ -188,12 +188,6 @@ impl Supervisor {
             .collect()
     }
 
-    /// Milliseconds since `slot` last reported in.
-    fn silence(&self, slot: usize) -> Option<u64> {
-        let last = self.board.last(slot)?;
-        Some(heartbeat::now_ms().saturating_sub(last))
-    }
-
     /// In a freshly forked child: drop the parent's wait descriptors, die with the parent
     /// (`parent` is its pid), and, with `beat_every`, report in to `slot` from every serving
     /// loop at least that often (seconds). Returns false when the parent is already gone.
