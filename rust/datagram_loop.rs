@@ -6,7 +6,7 @@
 //! its message; the worker's replies come back through `send()`.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -33,6 +33,8 @@ pub struct DatagramLoop<'r> {
     outgoing: VecDeque<(RawAddr, Vec<u8>)>,
     commands: Vec<Command>,
     submit: Option<Py<PyAny>>,
+    /// Datagrams given to worker threads and not yet done.
+    in_flight: usize,
 }
 
 impl<'r> DatagramLoop<'r> {
@@ -51,6 +53,7 @@ impl<'r> DatagramLoop<'r> {
             outgoing: VecDeque::new(),
             commands: Vec::new(),
             submit,
+            in_flight: 0,
         }
     }
 
@@ -68,6 +71,24 @@ impl<'r> DatagramLoop<'r> {
             py.detach(|| self.io_half()).map_err(|e| os_error(&e))?;
             py.check_signals()?;
             self.python_half(server, handler_class)?;
+        }
+        // With a drain window (`shutdown(timeout)`): receive nothing more, but wait for the
+        // datagrams on worker threads and send their replies, until the window closes.
+        if let Some(window) = self.reactor.take_drain_window() {
+            let deadline = Instant::now() + window;
+            let _ = self.session.poller.set_listening(false);
+            loop {
+                self.queue_commands();
+                py.detach(|| self.send_replies());
+                let left = deadline.saturating_duration_since(Instant::now());
+                if (self.in_flight == 0 && self.outgoing.is_empty()) || left.is_zero() {
+                    break;
+                }
+                let poller = &mut self.session.poller;
+                py.detach(|| poller.wait(Some(left.min(Duration::from_millis(50)))))
+                    .map_err(|e| os_error(&e))?;
+                py.check_signals()?;
+            }
         }
         py.detach(|| self.send_replies());
         Ok(())
@@ -141,6 +162,7 @@ impl<'r> DatagramLoop<'r> {
             if let Some(submit) = &self.submit {
                 let messages = pyo3::types::PyList::new(py, [message])?;
                 submit.call1(py, ((handler, messages, true),))?;
+                self.in_flight += 1;
                 continue;
             }
             // As in BaseRequestHandler: setup, then the message, then finish even on error.
@@ -180,8 +202,10 @@ impl<'r> DatagramLoop<'r> {
     fn queue_commands(&mut self) {
         self.reactor.shared().take_commands(&mut self.commands);
         for command in self.commands.drain(..) {
-            if let Command::SendTo { to, data } = command {
-                self.outgoing.push_back((to, data));
+            match command {
+                Command::SendTo { to, data } => self.outgoing.push_back((to, data)),
+                Command::DatagramDone => self.in_flight = self.in_flight.saturating_sub(1),
+                _ => {}
             }
         }
     }

@@ -53,6 +53,8 @@ pub enum Command {
         slot: usize,
         generation: u64,
     },
+    /// A worker thread finished a datagram (counted only for `shutdown(timeout)`'s drain).
+    DatagramDone,
 }
 
 /// What the loop and every `Connection` handle share.
@@ -68,11 +70,14 @@ pub struct Shared {
 
 impl Shared {
     fn push(&self, command: Command) -> PyResult<()> {
+        // Nothing waits for a finished datagram but a draining loop, which looks every 50 ms:
+        // no wakeup (a syscall) per datagram for it.
+        let wake = !matches!(command, Command::DatagramDone);
         self.commands
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(command);
-        if self.loop_thread.load(Ordering::Acquire) != current_thread_id() {
+        if wake && self.loop_thread.load(Ordering::Acquire) != current_thread_id() {
             self.poller.wake().map_err(|e| os_error(&e))?;
         }
         Ok(())
@@ -156,13 +161,14 @@ impl Connection {
         }
     }
 
-    /// Internal: a worker thread is done with this connection's batch of messages.
+    /// Internal: a worker thread is done with this connection's batch of messages (or with
+    /// this datagram).
     fn batch_done(&self) -> PyResult<()> {
         match self.target {
             Target::Stream { slot, generation } => {
                 self.shared.push(Command::BatchDone { slot, generation })
             }
-            Target::Datagram(_) => Ok(()),
+            Target::Datagram(_) => self.shared.push(Command::DatagramDone),
         }
     }
 }

@@ -598,7 +598,7 @@ impl<'r> StreamLoop<'r> {
                             self.to_close.push(slot);
                         }
                     }
-                    Command::SendTo { .. } => {}
+                    Command::SendTo { .. } | Command::DatagramDone => {}
                 }
             }
         }

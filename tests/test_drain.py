@@ -174,3 +174,31 @@ def test_reactor_shutdown_without_a_timeout_does_not_wait_for_handler_threads():
         server.server_close()
         loop.join(5)
         client.join(CLIENT_TIMEOUT)
+
+
+class SlowDatagrams(socketserver_rs.MessageHandler):
+    def handle_message(self, message):
+        self.server.started.set()
+        time.sleep(0.5)
+        return b"done " + message
+
+
+def test_reactor_udp_shutdown_with_a_timeout_answers_the_datagrams_already_received():
+    class Server(socketserver_rs.ReactorUDPServer):
+        handler_threads = 2
+
+    server = Server(("127.0.0.1", 0), SlowDatagrams)
+    server.started = threading.Event()
+    loop = serving(server)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(CLIENT_TIMEOUT)
+            client.sendto(b"e", server.server_address)
+            assert server.started.wait(CLIENT_TIMEOUT)
+            server.shutdown(timeout=20)
+            # shutdown() returned once the handler was done and its reply sent.
+            client.settimeout(0.5)
+            assert client.recv(100) == b"done e"
+    finally:
+        server.server_close()
+        loop.join(5)

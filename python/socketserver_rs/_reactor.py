@@ -201,16 +201,15 @@ class _ReactorServer:
             connection.close()
         finally:
             self._rs_reactor.note_handled(handled, 0)
-            if not one_shot:
-                connection.batch_done()
+            connection.batch_done()
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop ``serve_forever()``: no more accepting, queued replies are written (for up to
         2 s), and it returns. Connections stay open until ``server_close()``.
 
-        With ``timeout`` (a graceful drain; stream servers only for now), messages already
-        read are still handled, on handler threads too, and their replies written, for up to
-        ``timeout`` seconds."""
+        With ``timeout`` (a graceful drain), messages already read (datagrams already
+        received) are still handled, on handler threads too, and their replies written, for
+        up to ``timeout`` seconds."""
         self._rs_reactor.shutdown(timeout)
 
     def server_close(self) -> None:
