@@ -73,10 +73,14 @@ class PreforkProcess(CollectsOutput):
         self.kind = kind
         self._collect_output()
         self._events = []
-        line = self.next_line(STARTUP)
-        assert line.startswith("READY"), self.stderr
-        self.address = ast.literal_eval(line.split(" ", 1)[1])
-        self.wait_for(lambda: self.count("INIT") >= workers, STARTUP)
+        try:
+            line = self.next_line(STARTUP)
+            assert line.startswith("READY"), self.stderr
+            self.address = ast.literal_eval(line.split(" ", 1)[1])
+            self.wait_for(lambda: self.count("INIT") >= workers, STARTUP)
+        except BaseException:
+            self.kill()  # the fixture never saw this one: leave no process behind
+            raise
 
     def next_line(self, timeout):
         try:
@@ -151,17 +155,11 @@ class PreforkProcess(CollectsOutput):
         return code
 
     def kill(self):
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        else:
-            # The parent is gone; any child still in its session must go too.
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        """Kill the session we started (the parent and every child it forked), then reap."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the session is empty: everything in it has exited
         self.proc.wait(10)
         for stream in (self.proc.stdout, self.proc.stderr):
             stream.close()
