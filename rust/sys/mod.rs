@@ -13,10 +13,11 @@
 //! portable paths, so the test suite covers them here. Every other POSIX system (macOS and
 //! the BSDs, with kqueue under mio) always runs the portable paths.
 //!
-//! Three differences are fixed at compile time, because they are properties of the OS rather
+//! Four differences are fixed at compile time, because they are properties of the OS rather
 //! than of a path: how a `send` avoids `SIGPIPE` ([`NO_SIGPIPE`], [`suppress_sigpipe`]),
-//! whether mio's poll descriptors are copied into a `fork()`ed child ([`ForkBound`]), and
-//! whether Unix socket names may be abstract ([`ABSTRACT_UNIX_NAMES`]).
+//! whether mio's poll descriptors are copied into a `fork()`ed child ([`ForkBound`]),
+//! whether Unix socket names may be abstract ([`ABSTRACT_UNIX_NAMES`]), and whether a child
+//! can ask to die with its parent ([`kill_with_parent`]).
 //! This module needs no Python and is tested with `cargo test`.
 
 #[cfg(target_os = "linux")]
@@ -267,6 +268,21 @@ pub fn suppress_sigpipe(fd: &OwnedFd) -> io::Result<()> {
     {
         let _ = fd;
         Ok(())
+    }
+}
+
+/// Ask the kernel to SIGKILL the calling process when its parent ends (Linux's
+/// `PR_SET_PDEATHSIG`; strictly, when the parent *thread* that forked it ends). Returns false
+/// where the OS has no such request: the caller must then watch its parent itself.
+pub fn kill_with_parent() -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: prctl(PR_SET_PDEATHSIG, signal) takes plain integers and only affects us.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == 0 }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        false
     }
 }
 
