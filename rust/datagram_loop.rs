@@ -14,6 +14,7 @@ use pyo3::types::PyBytes;
 
 use crate::address::peer_to_python;
 use crate::errors::os_error;
+use crate::finalize::detach;
 use crate::net::{self, Datagram, RawAddr};
 use crate::reactor::{
     Command, Connection, Reactor, Session, Settings, bytes_of, framing_error, report,
@@ -68,7 +69,7 @@ impl<'r> DatagramLoop<'r> {
     ) -> PyResult<()> {
         let py = server.py();
         while !self.reactor.latch().is_requested() {
-            py.detach(|| self.io_half()).map_err(|e| os_error(&e))?;
+            detach(py, || self.io_half()).map_err(|e| os_error(&e))?;
             py.check_signals()?;
             self.python_half(server, handler_class)?;
         }
@@ -79,18 +80,20 @@ impl<'r> DatagramLoop<'r> {
             let _ = self.session.poller.set_listening(false);
             loop {
                 self.queue_commands();
-                py.detach(|| self.send_replies());
+                detach(py, || self.send_replies());
                 let left = deadline.saturating_duration_since(Instant::now());
                 if (self.in_flight == 0 && self.outgoing.is_empty()) || left.is_zero() {
                     break;
                 }
                 let poller = &mut self.session.poller;
-                py.detach(|| poller.wait(Some(left.min(Duration::from_millis(50)))))
-                    .map_err(|e| os_error(&e))?;
+                detach(py, || {
+                    poller.wait(Some(left.min(Duration::from_millis(50))))
+                })
+                .map_err(|e| os_error(&e))?;
                 py.check_signals()?;
             }
         }
-        py.detach(|| self.send_replies());
+        detach(py, || self.send_replies());
         Ok(())
     }
 

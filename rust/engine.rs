@@ -20,6 +20,7 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::acquire::{FastPath, Raw};
 use crate::deadline::{AcceptBackoff, Deadline, duration_from_secs, effective_timeout};
 use crate::errors::os_error;
+use crate::finalize::{self, detach};
 use crate::net::is_descriptor_exhaustion;
 use crate::parking::{Parking, shorter};
 use crate::poller::{Poller, PollerSlot, Wakeup};
@@ -221,9 +222,7 @@ impl Session {
             self.parking.as_ref().and_then(Parking::until_next_deadline),
         );
         let poller = &mut self.poller;
-        let wakeup = py
-            .detach(move || poller.wait(timeout))
-            .map_err(|e| os_error(&e))?;
+        let wakeup = detach(py, move || poller.wait(timeout)).map_err(|e| os_error(&e))?;
         py.check_signals()?;
         Ok(wakeup)
     }
@@ -241,7 +240,7 @@ impl Session {
         let failure = match &mut self.fast {
             Some(fast) => {
                 let raw = &mut fast.raw;
-                match py.detach(move || raw.acquire()) {
+                match detach(py, move || raw.acquire()) {
                     Ok(raw) => {
                         self.backoff.succeeded();
                         let args = fast.converter.to_python(py, raw)?;
@@ -289,75 +288,74 @@ impl Session {
         let latch = &engine.latch;
         let (poller, raw, backoff) = (&mut self.poller, &mut fast.raw, &mut self.backoff);
         let (parking, expired) = (&mut self.parking, &mut self.expired);
-        let exit = py
-            .detach(|| -> io::Result<DirectExit> {
-                loop {
-                    if latch.is_requested() {
-                        return Ok(DirectExit::Stopped);
+        let exit = finalize::detach(py, || -> io::Result<DirectExit> {
+            loop {
+                if latch.is_requested() {
+                    return Ok(DirectExit::Stopped);
+                }
+                let accepting = parking.is_some() || queue.admit();
+                let _ = poller.set_listening(!backoff.is_paused() && accepting);
+                let timeout = shorter(
+                    backoff.cap(interval),
+                    parking.as_ref().and_then(Parking::until_next_deadline),
+                );
+                let wakeup = poller.wait(timeout)?;
+                let mut start = 0;
+                if let Some(parking) = parking.as_mut() {
+                    start = dispatch_parked(parking, poller, queue, expired, &engine.stats);
+                    engine.parked.store(parking.len(), Ordering::Relaxed);
+                }
+                if start > 0 {
+                    return Ok(DirectExit::StartWorkers(start));
+                }
+                if wakeup.signalled || !expired.is_empty() {
+                    return Ok(DirectExit::Python);
+                }
+                if !(wakeup.readable || wakeup.woken) {
+                    if poller.ready().is_empty() {
+                        return Ok(DirectExit::Python); // poll_interval (or a deadline)
                     }
-                    let accepting = parking.is_some() || queue.admit();
-                    let _ = poller.set_listening(!backoff.is_paused() && accepting);
-                    let timeout = shorter(
-                        backoff.cap(interval),
-                        parking.as_ref().and_then(Parking::until_next_deadline),
-                    );
-                    let wakeup = poller.wait(timeout)?;
-                    let mut start = 0;
-                    if let Some(parking) = parking.as_mut() {
-                        start = dispatch_parked(parking, poller, queue, expired, &engine.stats);
-                        engine.parked.store(parking.len(), Ordering::Relaxed);
+                    continue; // parked connections only
+                }
+                if !wakeup.readable {
+                    continue; // a worker freed up, or shutdown: both are looked at above
+                }
+                match raw.acquire() {
+                    Ok(item) => {
+                        backoff.succeeded();
+                        Counters::bump(&engine.stats.acquired);
+                        let item = match parking.as_mut() {
+                            Some(parking) => match park_raw(parking, poller, item) {
+                                None => {
+                                    engine.parked.store(parking.len(), Ordering::Relaxed);
+                                    continue;
+                                }
+                                Some(item) => item,
+                            },
+                            None => WorkItem::Raw(item),
+                        };
+                        // A closed pool (server_close() under us) drops the connection.
+                        if let Ok(Submitted::StartWorker) = queue.submit(item) {
+                            return Ok(DirectExit::StartWorkers(1));
+                        }
                     }
-                    if start > 0 {
-                        return Ok(DirectExit::StartWorkers(start));
-                    }
-                    if wakeup.signalled || !expired.is_empty() {
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {
                         return Ok(DirectExit::Python);
                     }
-                    if !(wakeup.readable || wakeup.woken) {
-                        if poller.ready().is_empty() {
-                            return Ok(DirectExit::Python); // poll_interval (or a deadline)
+                    Err(err) => {
+                        if let Some(errno) = err.raw_os_error() {
+                            engine.stats.accept_error(errno);
                         }
-                        continue; // parked connections only
-                    }
-                    if !wakeup.readable {
-                        continue; // a worker freed up, or shutdown: both are looked at above
-                    }
-                    match raw.acquire() {
-                        Ok(item) => {
-                            backoff.succeeded();
-                            Counters::bump(&engine.stats.acquired);
-                            let item = match parking.as_mut() {
-                                Some(parking) => match park_raw(parking, poller, item) {
-                                    None => {
-                                        engine.parked.store(parking.len(), Ordering::Relaxed);
-                                        continue;
-                                    }
-                                    Some(item) => item,
-                                },
-                                None => WorkItem::Raw(item),
-                            };
-                            // A closed pool (server_close() under us) drops the connection.
-                            if let Ok(Submitted::StartWorker) = queue.submit(item) {
-                                return Ok(DirectExit::StartWorkers(1));
-                            }
-                        }
-                        Err(err) if err.kind() == io::ErrorKind::Interrupted => {
-                            return Ok(DirectExit::Python);
-                        }
-                        Err(err) => {
-                            if let Some(errno) = err.raw_os_error() {
-                                engine.stats.accept_error(errno);
-                            }
-                            if is_descriptor_exhaustion(&err) {
-                                backoff.failed();
-                            } else {
-                                backoff.succeeded(); // as get_request(): this client only
-                            }
+                        if is_descriptor_exhaustion(&err) {
+                            backoff.failed();
+                        } else {
+                            backoff.succeeded(); // as get_request(): this client only
                         }
                     }
                 }
-            })
-            .map_err(|e| os_error(&e))?;
+            }
+        })
+        .map_err(|e| os_error(&e))?;
         self.close_expired(server)?;
         py.check_signals()?;
         if let DirectExit::StartWorkers(count) = exit {
@@ -562,10 +560,12 @@ impl Engine {
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
         self.latch.request();
         self.poller.wake().map_err(|e| os_error(&e))?;
-        if self.latch.is_serving_thread() {
+        // Once the interpreter exits, a serving daemon thread may be parked for ever and
+        // never report that it stopped (see finalize.rs).
+        if self.latch.is_serving_thread() || finalize::exiting() {
             return Ok(());
         }
-        while !py.detach(|| self.latch.wait_stopped(SHUTDOWN_SIGNAL_CHECK)) {
+        while !detach(py, || self.latch.wait_stopped(SHUTDOWN_SIGNAL_CHECK)) {
             py.check_signals()?;
         }
         Ok(())

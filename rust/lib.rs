@@ -10,6 +10,7 @@ mod datagram_loop;
 mod deadline;
 mod engine;
 mod errors;
+mod finalize;
 // Public (but not part of any API) so that fuzz/ can drive the framer directly.
 #[doc(hidden)]
 pub mod framing;
@@ -49,9 +50,11 @@ mod _core {
 
     use pyo3::prelude::*;
 
-    /// Read `SOCKETSERVER_RS_PORTABLE` once, as the module is imported.
+    /// Read `SOCKETSERVER_RS_PORTABLE` once, as the module is imported, and make threads
+    /// coming back from Rust waits stay out of an exiting interpreter (finalize.rs).
     #[pymodule_init]
-    fn init(_module: &Bound<'_, PyModule>) -> PyResult<()> {
-        crate::platform_info::select_from_env()
+    fn init(module: &Bound<'_, PyModule>) -> PyResult<()> {
+        crate::platform_info::select_from_env()?;
+        crate::finalize::register_exit_hook(module)
     }
 }

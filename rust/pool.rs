@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 
 use crate::acquire::{Converter, Raw};
 use crate::deadline::duration_from_secs;
+use crate::finalize::detach;
 use crate::work_queue::{Submitted, WorkQueue};
 
 /// One unit of work for a worker.
@@ -70,7 +71,7 @@ impl WorkerPool {
     #[pyo3(signature = (idle_timeout=None))]
     fn take(&self, py: Python<'_>, idle_timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
         let idle_timeout = duration_from_secs(idle_timeout).unwrap_or(Duration::MAX);
-        match py.detach(|| self.queue.take(idle_timeout)) {
+        match detach(py, || self.queue.take(idle_timeout)) {
             None => Ok(None),
             Some(WorkItem::Ready(item)) => Ok(Some(item)),
             Some(WorkItem::Raw(raw)) => {

@@ -24,6 +24,7 @@ use crate::connections::{Conn, Slab};
 use crate::datagram_loop::DatagramLoop;
 use crate::deadline::duration_from_secs;
 use crate::errors::{os_error, while_handling};
+use crate::finalize::{self, detach};
 use crate::framing::Framing;
 use crate::net::RawAddr;
 use crate::poller::{Poller, PollerSlot};
@@ -430,10 +431,12 @@ impl Reactor {
         self.set_drain_window(timeout);
         self.latch.request();
         self.shared.poller.wake().map_err(|e| os_error(&e))?;
-        if self.latch.is_serving_thread() {
+        // Once the interpreter exits, a serving daemon thread may be parked for ever and
+        // never report that it stopped (see finalize.rs).
+        if self.latch.is_serving_thread() || finalize::exiting() {
             return Ok(());
         }
-        while !py.detach(|| self.latch.wait_stopped(Duration::from_millis(100))) {
+        while !detach(py, || self.latch.wait_stopped(Duration::from_millis(100))) {
             py.check_signals()?;
         }
         Ok(())

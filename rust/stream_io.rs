@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 
 use crate::deadline::{Deadline, duration_from_secs};
 use crate::errors::os_error;
+use crate::finalize::detach;
 use crate::net;
 
 /// Send all of `data` (any C-contiguous bytes-like object) on `sock`; returns its length.
@@ -54,7 +55,7 @@ pub fn send_all(sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<us
                         *deadline.insert(Deadline::after(duration_from_secs(timeout)))
                     }
                 };
-                let waited = py.detach(|| net::wait_writable(fd, deadline.remaining()));
+                let waited = detach(py, || net::wait_writable(fd, deadline.remaining()));
                 match waited {
                     Ok(true) => {}
                     Ok(false) => return Err(PyTimeoutError::new_err("timed out")),

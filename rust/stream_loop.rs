@@ -27,6 +27,7 @@ use crate::address::peer_to_python;
 use crate::connections::{Conn, ReadStop, Slab};
 use crate::deadline::AcceptBackoff;
 use crate::errors::os_error;
+use crate::finalize::detach;
 use crate::framing::{Decoder, encode};
 use crate::net::{PeerAddress, is_descriptor_exhaustion};
 use crate::reactor::{
@@ -142,8 +143,7 @@ impl<'r> StreamLoop<'r> {
             let timeout = self.next_timeout();
             let listening =
                 !self.backoff.is_paused() && self.conns.len() < self.settings.max_connections;
-            py.detach(|| self.io_half(timeout, listening))
-                .map_err(|e| os_error(&e))?;
+            detach(py, || self.io_half(timeout, listening)).map_err(|e| os_error(&e))?;
             py.check_signals()?;
             self.python_half(server, handler_class)?;
         }
@@ -152,7 +152,7 @@ impl<'r> StreamLoop<'r> {
         // closes; then give queued replies the rest of it (by default, a bounded time).
         let Some(window) = self.reactor.take_drain_window() else {
             let deadline = Instant::now() + SHUTDOWN_FLUSH;
-            py.detach(|| self.flush_before_return(deadline));
+            detach(py, || self.flush_before_return(deadline));
             return Ok(());
         };
         let deadline = Instant::now() + window;
@@ -161,12 +161,14 @@ impl<'r> StreamLoop<'r> {
             if left.is_zero() {
                 break;
             }
-            py.detach(|| self.io_half(Some(left.min(Duration::from_millis(50))), false))
-                .map_err(|e| os_error(&e))?;
+            detach(py, || {
+                self.io_half(Some(left.min(Duration::from_millis(50))), false)
+            })
+            .map_err(|e| os_error(&e))?;
             py.check_signals()?;
             self.python_half(server, handler_class)?;
         }
-        py.detach(|| self.flush_before_return(deadline));
+        detach(py, || self.flush_before_return(deadline));
         Ok(())
     }
 

@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 
 use crate::deadline::duration_from_secs;
 use crate::errors::os_error;
+use crate::finalize::detach;
 use crate::heartbeat::{self, Board};
 use crate::orphans;
 use crate::poller::{Poller, SharedWaker};
@@ -136,7 +137,7 @@ impl Supervisor {
         let waited = match &routed {
             // A signal that came before the wakeup descriptor was in place left only a flag;
             // Python runs its handler when we return, so do not sleep through it.
-            Ok(_) => py.detach(|| poller.wait(duration_from_secs(timeout))),
+            Ok(_) => detach(py, || poller.wait(duration_from_secs(timeout))),
             Err(_) => Ok(Default::default()),
         };
         let restored = routed.and_then(|wakeup| wakeup.restore(py));
@@ -168,7 +169,7 @@ impl Supervisor {
         if self.latch.is_serving_thread() {
             return Ok(());
         }
-        while !py.detach(|| self.latch.wait_stopped(SIGNAL_CHECK)) {
+        while !detach(py, || self.latch.wait_stopped(SIGNAL_CHECK)) {
             py.check_signals()?;
         }
         Ok(())
