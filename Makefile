@@ -29,7 +29,7 @@ print("\n".join(dep for name in sys.argv[1].split(",") for dep in extras[name]))
 endef
 export LIST_EXTRAS
 
-.PHONY: help venv build test test-portable check-platforms lint fmt demo bench soak fuzz wheel clean
+.PHONY: help venv build test test-portable check-platforms lint fmt demo bench soak fuzz wheel wheels clean
 
 help: ## Show this list of targets
 	@echo "usage: make TARGET   (PYTHON=$(PYTHON) makes the venv; PYTEST_ARGS, DEMO_ARGS, BENCH_ARGS, SOAK_ARGS pass options on)"
@@ -110,6 +110,29 @@ wheel: $(VENV_READY) ## Build the release wheel (abi3) and the sdist into dist/
 	$(MATURIN) build --release --locked --out $(DIST)
 	$(MATURIN) sdist --out $(DIST)
 	@ls -l $(DIST)
+
+# `make wheels`: the Linux release wheels, cross-linked by zig (ziglang and auditwheel come from
+# PyPI into .venv, the Rust targets from rustup), each checked by .ci/check_wheels.py.
+WHEEL_TARGETS := \
+	x86_64-unknown-linux-gnu:manylinux2014 \
+	aarch64-unknown-linux-gnu:manylinux2014 \
+	x86_64-unknown-linux-musl:musllinux_1_2 \
+	aarch64-unknown-linux-musl:musllinux_1_2
+RELEASE_TOOLS := $(VENV)/.release-tools
+
+$(RELEASE_TOOLS): $(VENV_READY)
+	$(PY) -c "$$LIST_EXTRAS" release > $(VENV)/release-extras.txt
+	$(PIP) install --quiet -r $(VENV)/release-extras.txt
+	touch $@
+
+wheels: $(RELEASE_TOOLS) ## Build the four Linux release wheels (glibc 2.17+, musl; x86_64, aarch64) and the sdist into dist/, then check them
+	rm -rf $(DIST)
+	rustup target add $(foreach t,$(WHEEL_TARGETS),$(firstword $(subst :, ,$(t))))
+	$(foreach t,$(WHEEL_TARGETS),PATH="$(abspath $(VENV))/bin:$$PATH" $(MATURIN) build --release --locked --zig \
+		--target $(word 1,$(subst :, ,$(t))) --compatibility $(word 2,$(subst :, ,$(t))) --out $(DIST) &&) true
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) .ci/musl_soname.py $(DIST)/*musllinux*.whl
+	$(MATURIN) sdist --out $(DIST)
+	$(PY) .ci/check_wheels.py $(DIST)
 
 clean: ## Remove build outputs, caches and .venv
 	rm -rf target $(VENV) $(DIST) .pytest_cache .ruff_cache .mypy_cache .hypothesis
