@@ -14,7 +14,7 @@ use pyo3::types::PyBytes;
 
 use crate::address::peer_to_python;
 use crate::errors::os_error;
-use crate::finalize::detach;
+use crate::finalize::{self, detach};
 use crate::net::{self, Datagram, RawAddr};
 use crate::reactor::{
     Command, Connection, Reactor, Session, Settings, bytes_of, framing_error, report,
@@ -155,27 +155,29 @@ impl<'r> DatagramLoop<'r> {
             let start = index * slot_size;
             let message = PyBytes::new(py, &self.buffer[start..start + datagram.len]);
             let connection = Connection::for_datagram(shared, datagram.from);
-            let handler = match handler_class.call1((connection, address.clone_ref(py), server)) {
-                Ok(handler) => handler,
-                Err(err) => {
-                    report(server, None, &address, err)?;
-                    continue;
-                }
-            };
+            let handler =
+                match finalize::call(handler_class, (connection, address.clone_ref(py), server)) {
+                    Ok(handler) => handler,
+                    Err(err) => {
+                        report(server, None, &address, err)?;
+                        continue;
+                    }
+                };
             if let Some(submit) = &self.submit {
                 let messages = pyo3::types::PyList::new(py, [message])?;
-                submit.call1(py, ((handler, messages, true),))?;
+                finalize::call(submit.bind(py), ((handler, messages, true),))?;
                 self.in_flight += 1;
                 continue;
             }
             // As in BaseRequestHandler: setup, then the message, then finish even on error.
             let handled = (|| {
                 if self.settings.calls_setup {
-                    handler.call_method0(intern!(py, "setup"))?;
+                    finalize::call_method(&handler, intern!(py, "setup"), ())?;
                 }
-                let reply = handler.call_method1(intern!(py, "handle_message"), (message,));
+                let reply =
+                    finalize::call_method(&handler, intern!(py, "handle_message"), (message,));
                 let finished = if self.settings.calls_finish {
-                    handler.call_method0(intern!(py, "finish")).map(drop)
+                    finalize::call_method(&handler, intern!(py, "finish"), ()).map(drop)
                 } else {
                     Ok(())
                 };

@@ -186,7 +186,7 @@ impl Session {
                     .unbind(),
             )
         })?;
-        let mode: u8 = plan.call1(py, (server,))?.extract(py)?;
+        let mode: u8 = finalize::call(plan.bind(py), (server,))?.extract()?;
         self.fast = if mode >= PLAN_FAST {
             FastPath::for_server(server)?
         } else {
@@ -244,7 +244,8 @@ impl Session {
                     Ok(raw) => {
                         self.backoff.succeeded();
                         let args = fast.converter.to_python(py, raw)?;
-                        let served = server.call_method1(intern!(py, "_rs_serve_acquired"), args);
+                        let served =
+                            finalize::call_method(server, intern!(py, "_rs_serve_acquired"), args);
                         // As get_request() would, the next datagram uses the current size.
                         fast.follow_packet_size(server)?;
                         return served;
@@ -259,7 +260,8 @@ impl Session {
             }
             None => {
                 engine.acquire_errno.store(0, Ordering::Relaxed);
-                let outcome = server.call_method0(intern!(py, "_handle_request_noblock"))?;
+                let outcome =
+                    finalize::call_method(server, intern!(py, "_handle_request_noblock"), ())?;
                 // Our `_handle_request_noblock` reports the errno of an OSError it swallowed.
                 let errno = engine.acquire_errno.swap(0, Ordering::Relaxed);
                 self.note_failure(engine, (errno != 0).then_some(errno));
@@ -465,7 +467,7 @@ impl Session {
         let py = server.py();
         for args in std::mem::take(&mut self.expired) {
             let request = args.bind(py).get_item(0)?;
-            server.call_method1(intern!(py, "shutdown_request"), (request,))?;
+            finalize::call_method(server, intern!(py, "shutdown_request"), (request,))?;
         }
         Ok(())
     }
@@ -520,7 +522,7 @@ impl Engine {
                         session.serve_one(self, server)?;
                     }
                     session.tend_parking(self, server)?;
-                    server.call_method0(intern!(py, "service_actions"))?;
+                    finalize::call_method(server, intern!(py, "service_actions"), ())?;
                 }
                 Ok(())
             })();
@@ -549,7 +551,7 @@ impl Engine {
                     return session.serve_one(self, server);
                 }
                 if deadline.has_passed() {
-                    return server.call_method0(intern!(py, "handle_timeout"));
+                    return finalize::call_method(server, intern!(py, "handle_timeout"), ());
                 }
             }
         })
@@ -717,7 +719,7 @@ fn start_workers(server: &Bound<'_, PyAny>, count: usize) -> PyResult<()> {
     let py = server.py();
     let workers = server.getattr(intern!(py, "_rs_workers"))?;
     for started in 0..count {
-        if let Err(err) = workers.call_method0(intern!(py, "start_worker")) {
+        if let Err(err) = finalize::call_method(&workers, intern!(py, "start_worker"), ()) {
             // That one is uncounted already; so are the rest, which will not be started.
             let pool = workers.getattr(intern!(py, "pool"))?;
             for _ in started + 1..count {

@@ -1,37 +1,42 @@
-//! Leaving the interpreter: `detach`, the one way Rust code here releases the GIL, and the exit
-//! gate that stops threads from taking it back once the interpreter is being finalized.
+//! Leaving the interpreter safely: `detach`, the one way this crate releases the GIL, and
+//! `call`, the engine's way into Python code, both safe for a daemon thread that is still
+//! inside them when the interpreter exits.
 //!
 //! A daemon thread may still be in a Rust wait (the engine's poll, a pool worker's queue wait,
-//! a reactor's poll, `send_all` waiting for room) when the main thread finalizes the
-//! interpreter. CPython before 3.14 ends a thread that re-attaches at that point with
-//! `pthread_exit()`, whose forced unwind then runs through our Rust frames: undefined
-//! behaviour, and a segfault at exit in the zig-linked manylinux wheels. So a thread coming
-//! back from a wait asks the gate first; once the interpreter is exiting, it parks for ever
-//! instead (the process is about to end; a parked thread holds no lock and no GIL, like a
-//! daemon thread blocked in a system call).
+//! a reactor's poll, `send_all` waiting for room), or in Python code the engine called (a
+//! hook, a handler), when the main thread finalizes the interpreter. CPython before 3.14 ends
+//! a thread that takes the GIL at that point with `pthread_exit()`, and glibc's version of it
+//! unwinds the stack, running through our Rust frames: undefined behaviour, and a segfault at
+//! exit in the zig-linked manylinux wheels (their Rust frames meet glibc's unwinder with
+//! zig's own). Two guards, one per way back into the interpreter:
 //!
-//! The gate closes from an `atexit` hook, which CPython runs after it has joined the
-//! non-daemon threads and before it starts finalizing: a non-daemon thread (a pool worker
-//! draining its queue, a server stopped by another thread) may still wait and come back
-//! while the interpreter waits for it, so closing earlier (`threading._register_atexit`)
-//! would hang those joins. The thread running the hook is the one finalizing the
-//! interpreter; it alone may still wait and come back (a later `atexit` callback calling
-//! `shutdown()`). A thread that passed the gate just before it closed is counted, and the
-//! hook waits, with the GIL released, until every counted thread holds the GIL again, so
-//! none is still on its way back when finalization starts. `shutdown()` called once the
-//! gate is closed asks the loop to stop and returns without waiting (see `exiting`).
-//!
-//! What this does not cover: a daemon thread that is running Python code called by the
-//! engine (a hook, the handler of a non-threading server, `Thread.start()` for a new pool
-//! worker) when finalization starts is ended by CPython (< 3.14) wherever it next needs the
-//! GIL, and that unwind still crosses the engine's frames below the Python call.
-
+//! - **Waits.** A thread coming back from a wait asks the exit gate first; once the
+//!   interpreter is exiting, it parks for ever instead of taking the GIL (the process is about
+//!   to end; a parked thread holds no lock and no GIL, like a daemon thread blocked in a
+//!   system call). The gate closes from an `atexit` hook, which CPython runs after it has
+//!   joined the non-daemon threads and before it starts finalizing: a non-daemon thread (a
+//!   pool worker draining its queue, a server stopped by another thread) may still wait and
+//!   come back while the interpreter waits for it, so closing earlier
+//!   (`threading._register_atexit`) would hang those joins. The thread running the hook is the
+//!   one finalizing the interpreter; it alone may still wait and come back (a later `atexit`
+//!   callback calling `shutdown()`). A thread that passed the gate just before it closed is
+//!   counted, and the hook waits, with the GIL released, until every counted thread holds the
+//!   GIL again, so none is still on its way back when finalization starts. `shutdown()`
+//!   called once the gate is closed asks the loop to stop and returns without waiting (see
+//!   `exiting`).
+//! - **Calls into Python.** CPython may end the thread anywhere in the Python code the engine
+//!   called. On glibc, `call` goes through `exit_guard.c`, a C frame that catches that unwind
+//!   (`pthread_cleanup_push`) and parks the thread there, before the unwind reaches a Rust
+//!   frame. musl's and macOS's `pthread_exit()` do not unwind, so `call` is a plain call there.
+//!   Calls that run no user code (`fileno()`, `gettimeout()`, making a socket) stay plain.
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
+use pyo3::BoundObject;
 use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple};
 
 /// The interpreter's gate: closed by the `atexit` hook that `register_exit_hook` installs.
 static GATE: ExitGate = ExitGate::new();
@@ -67,6 +72,61 @@ where
 /// waits for another thread to stop must not wait then, as that one may be parked for ever.
 pub fn exiting() -> bool {
     GATE.closed.load(Ordering::SeqCst)
+}
+
+/// Call `callable(*args)`, guarded (on glibc) against the thread being ended inside the call.
+pub fn call<'py, A>(callable: &Bound<'py, PyAny>, args: A) -> PyResult<Bound<'py, PyAny>>
+where
+    A: IntoPyObject<'py, Target = PyTuple>,
+{
+    let args = args
+        .into_pyobject(callable.py())
+        .map_err(Into::into)?
+        .into_bound();
+    guarded_call(callable, &args)
+}
+
+/// Call `object.name(*args)` as `call` does.
+pub fn call_method<'py, A>(
+    object: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+    args: A,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    A: IntoPyObject<'py, Target = PyTuple>,
+{
+    call(&object.getattr(name)?, args)
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn guarded_call<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    unsafe extern "C" {
+        /// rust/exit_guard.c: `PyObject_Call(callable, args, kwargs)` inside a frame that
+        /// parks the thread if `pthread_exit()` unwinds out of the call.
+        fn socketserver_rs_guarded_call(
+            callable: *mut pyo3::ffi::PyObject,
+            args: *mut pyo3::ffi::PyObject,
+            kwargs: *mut pyo3::ffi::PyObject,
+        ) -> *mut pyo3::ffi::PyObject;
+    }
+    // SAFETY: we hold the GIL and live references to `callable` and `args` (a tuple);
+    // `PyObject_Call` returns a new reference, or NULL with an exception set.
+    unsafe {
+        let result =
+            socketserver_rs_guarded_call(callable.as_ptr(), args.as_ptr(), std::ptr::null_mut());
+        Bound::from_owned_ptr_or_err(callable.py(), result)
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn guarded_call<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    callable.call1(args)
 }
 
 /// Register the `atexit` hook that closes the gate; called once, when the module is imported.

@@ -238,12 +238,12 @@ pub fn report(
     }
     let handler = handler.map_or_else(|| py.None(), |h| h.clone_ref(py));
     while_handling(py, &err, || {
-        server
-            .call_method1(
-                intern!(py, "handle_error"),
-                (handler, address.clone_ref(py)),
-            )
-            .map(drop)
+        finalize::call_method(
+            server,
+            intern!(py, "handle_error"),
+            (handler, address.clone_ref(py)),
+        )
+        .map(drop)
     })
 }
 
@@ -526,7 +526,7 @@ impl Reactor {
 /// Call a stream handler's `finish()`, reporting an exception from it.
 pub fn finish(server: &Bound<'_, PyAny>, handler: &Handler) -> PyResult<()> {
     let py = server.py();
-    match handler.object.call_method0(py, intern!(py, "finish")) {
+    match finalize::call_method(handler.object.bind(py), intern!(py, "finish"), ()) {
         Ok(_) => Ok(()),
         Err(err) => report(server, Some(&handler.object), &handler.address, err),
     }

@@ -27,7 +27,7 @@ use crate::address::peer_to_python;
 use crate::connections::{Conn, ReadStop, Slab};
 use crate::deadline::AcceptBackoff;
 use crate::errors::os_error;
-use crate::finalize::detach;
+use crate::finalize::{self, detach};
 use crate::framing::{Decoder, encode};
 use crate::net::{PeerAddress, is_descriptor_exhaustion};
 use crate::reactor::{
@@ -367,11 +367,10 @@ impl<'r> StreamLoop<'r> {
             let slot = self.conns.next_index();
             let generation = self.reactor.next_generation();
             let connection = Connection::for_stream(shared, slot, generation);
-            let made = handler_class
-                .call1((connection, address.clone_ref(py), server))
+            let made = finalize::call(handler_class, (connection, address.clone_ref(py), server))
                 .and_then(|object| {
                     let handle_message = object.getattr(intern!(py, "handle_message"))?;
-                    object.call_method0(intern!(py, "setup"))?;
+                    finalize::call_method(&object, intern!(py, "setup"), ())?;
                     Ok(Handler::new(
                         object.unbind(),
                         handle_message.unbind(),
@@ -460,7 +459,8 @@ impl<'r> StreamLoop<'r> {
                 return Ok(());
             };
             conn.handler.backlog_bytes -= message.bind(py).len()?;
-            let reply = conn.handler.handle_message.call1(py, (message,));
+            let reply =
+                finalize::call(conn.handler.handle_message.bind(py), (message,)).map(Bound::unbind);
             // Commands from the handler (send/close) come before its returned reply.
             self.apply_commands(py);
             let Some(conn) = self.conns.get_mut(slot) else {
@@ -508,7 +508,10 @@ impl<'r> StreamLoop<'r> {
         }
         let batch = pyo3::types::PyList::new(py, batch)?;
         handler.in_flight = true;
-        submit.call1(py, ((handler.object.clone_ref(py), batch, false),))?;
+        finalize::call(
+            submit.bind(py),
+            ((handler.object.clone_ref(py), batch, false),),
+        )?;
         Ok(())
     }
 

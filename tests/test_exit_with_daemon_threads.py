@@ -1,14 +1,15 @@
 """A process that ends while daemon threads are still serving must exit cleanly.
 
 When the main thread finishes, CPython finalizes the interpreter without waiting for daemon
-threads. A daemon thread coming back from a wait in Rust at that moment used to take the GIL
-back during finalization; CPython before 3.14 then ends the thread with ``pthread_exit()``,
-whose unwinding runs through the Rust frames. The zig-linked manylinux wheels crashed at exit
-every time (rust/finalize.rs explains the fix: such a thread now parks).
+threads. A daemon thread that needs the GIL at that moment (coming back from a wait in Rust, or
+in Python code the engine called) is ended by CPython before 3.14 with ``pthread_exit()``,
+whose unwinding ran through the Rust frames: the zig-linked manylinux wheels crashed at exit
+every time. rust/finalize.rs explains the fix: such a thread now parks.
 
 Each script below leaves daemon threads busy in one kind of wait (the engine's poll, the pool's
 queue and the engine's direct loop, the reactor's poll, the native ``wfile`` waiting for room)
-and lets the main thread end. It must exit with status 0 and print nothing, every one of
+or in Python code the engine called (a handler, a hook, starting a pool worker), and lets the
+main thread end. It must exit with status 0 and print nothing, every one of
 ``RUNS`` times. Where the stdlib has the same classes, it runs on both modules: the stdlib is
 the oracle for "a daemon thread does not disturb exit". CI runs this file on every interpreter
 and every wheel it installs. ``SOCKETSERVER_RS_EXIT_RUNS`` changes the number of runs.
@@ -36,6 +37,22 @@ threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.001}, daem
 time.sleep(0.05)
 """
 
+# The handler of a non-threading server runs on the serving daemon thread, called from the
+# engine; here it is sleeping (GIL released) when the main thread ends.
+HANDLER = """
+entered = threading.Event()
+class H(ss.BaseRequestHandler):
+    def handle(self):
+        entered.set()
+        while True:
+            time.sleep(0.0005)
+srv = ss.TCPServer(("127.0.0.1", 0), H)
+threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.001}, daemon=True).start()
+client = socket.create_connection(srv.server_address)
+entered.wait(10)
+time.sleep(0.01)
+"""
+
 # Clients that keep connecting, each in a daemon thread: every wait keeps coming back.
 CLIENTS = """
 def client(address, payload=b"x\\n"):
@@ -51,9 +68,9 @@ def start_clients(address, count=3):
         threading.Thread(target=client, args=(address,), daemon=True).start()
 """
 
-# A pool server with daemon workers: the engine's direct loop queues raw connections and the
-# workers keep coming back from the Rust queue's wait. (Workers start in the first
-# milliseconds; see rust/finalize.rs for why a worker start at the exit is not covered.)
+# A pool server with daemon workers: the engine's direct loop queues raw connections, workers
+# keep coming back from the Rust queue's wait, and idle ones retire after a millisecond, so the
+# serving thread keeps starting new ones (Python code called from the engine).
 POOL = (
     CLIENTS
     + """
@@ -62,6 +79,7 @@ class H(ss.StreamRequestHandler):
 class S(ss.ThreadPoolTCPServer):
     daemon_threads = True
     max_workers = 4
+    worker_idle_timeout = 0.001
 srv = S(("127.0.0.1", 0), H)
 threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.001}, daemon=True).start()
 start_clients(srv.server_address)
@@ -69,13 +87,16 @@ time.sleep(0.1)
 """
 )
 
-# A reactor server: one daemon thread in the reactor's poll, woken by every client line.
+# A reactor server: one daemon thread in the reactor's poll, woken by every client line, and
+# in the handler (Python called from the reactor, releasing the GIL in sleep) for each.
 REACTOR = (
     CLIENTS
     + """
 class H(ss.MessageHandler):
     framing = "line"
-    def handle_message(self, line): return line
+    def handle_message(self, line):
+        time.sleep(0.0005)
+        return line
 srv = ss.ReactorTCPServer(("127.0.0.1", 0), H)
 threading.Thread(target=srv.serve_forever, daemon=True).start()
 start_clients(srv.server_address)
@@ -173,13 +194,15 @@ def run_many(source, expected_stdout=""):
     [
         pytest.param(ENGINE, "socketserver", id="engine-stdlib"),
         pytest.param(ENGINE, "socketserver_rs", id="engine"),
+        pytest.param(HANDLER, "socketserver", id="handler-stdlib"),
+        pytest.param(HANDLER, "socketserver_rs", id="handler"),
         pytest.param(POOL, "socketserver_rs", id="pool"),
         pytest.param(REACTOR, "socketserver_rs", id="reactor"),
         pytest.param(WFILE, "socketserver", id="wfile-stdlib"),
         pytest.param(WFILE, "socketserver_rs", id="wfile"),
     ],
 )
-def test_exit_with_daemon_threads_in_waits_is_clean_every_time(body, module):
+def test_exit_while_daemon_threads_serve_is_clean_every_time(body, module):
     failures = run_many(script(body, module))
     assert not failures, f"{len(failures)} of {RUNS} runs failed; first: {failures[0]}"
 
