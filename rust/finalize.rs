@@ -29,6 +29,7 @@
 //!   (`pthread_cleanup_push`) and parks the thread there, before the unwind reaches a Rust
 //!   frame. musl's and macOS's `pthread_exit()` do not unwind, so `call` is a plain call there.
 //!   Calls that run no user code (`fileno()`, `gettimeout()`, making a socket) stay plain.
+
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, ThreadId};
