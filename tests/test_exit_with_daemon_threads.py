@@ -68,9 +68,11 @@ def start_clients(address, count=3):
         threading.Thread(target=client, args=(address,), daemon=True).start()
 """
 
-# A pool server with daemon workers: the engine's direct loop queues raw connections, workers
-# keep coming back from the Rust queue's wait, and idle ones retire after a millisecond, so the
-# serving thread keeps starting new ones (Python code called from the engine).
+# A pool server with daemon workers: the engine's direct loop queues raw connections and the
+# workers keep coming back from the Rust queue's wait. (Workers start in the first
+# milliseconds only: on 3.12+, a worker started once shutdown has begun raises "can't create
+# new thread at interpreter shutdown", as ThreadingMixIn's request threads do, and the
+# traceback printed by that daemon thread would be cut off by the exit.)
 POOL = (
     CLIENTS
     + """
@@ -79,7 +81,6 @@ class H(ss.StreamRequestHandler):
 class S(ss.ThreadPoolTCPServer):
     daemon_threads = True
     max_workers = 4
-    worker_idle_timeout = 0.001
 srv = S(("127.0.0.1", 0), H)
 threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.001}, daemon=True).start()
 start_clients(srv.server_address)
