@@ -146,7 +146,10 @@ class _Arbiter:
         try:
             pid = os.fork()
             if pid == 0:
-                self.server._rs_child_main(index, slot, self.pid, self.poll_interval, blocked)
+                try:
+                    self.server._rs_child_main(index, slot, self.pid, self.poll_interval, blocked)
+                finally:
+                    os._exit(1)  # a child never runs the supervising code fork() copied
             self.supervisor.watch_child(pid, slot)
         except BaseException:
             self.free_slots.append(slot)
@@ -401,11 +404,18 @@ class PreforkMixIn(_MixInBase):
     def _rs_child_stop(self, signum: int, frame: object) -> None:
         # Runs on the serving thread: only set the sticky flag the loop looks at after the
         # signal woke it (shutdown() there would wait for a loop that may not have started).
+        # It never raises: an exception raised by a signal could land anywhere, even in the
+        # child's last lines before os._exit(), and carry the child up into the parent's
+        # supervising code that fork() copied (a terminal's Ctrl-C and the parent's own SIGINT
+        # reach a child one after the other).
         server: Any = self
+        at_once = signum == signal.SIGINT
+        if at_once:
+            vars(self)["_rs_stop_at_once"] = True
         if hasattr(server, "_rs_engine"):
             server._rs_engine.shutdown_requested = True
         else:
-            server._rs_reactor.request_stop(self.graceful_timeout)
+            server._rs_reactor.request_stop(0.0 if at_once else self.graceful_timeout)
 
     def _rs_child_main(
         self,
@@ -420,7 +430,7 @@ class PreforkMixIn(_MixInBase):
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGTERM, self._rs_child_stop)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, self._rs_child_stop)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for signum in _CHILD_IGNORES:
                 signal.signal(signum, signal.SIG_IGN)
@@ -440,9 +450,8 @@ class PreforkMixIn(_MixInBase):
             random.seed()
             self.worker_init(index)
             super().serve_forever(poll_interval)
-            self._rs_drain(self.graceful_timeout)
-            code = 0
-        except KeyboardInterrupt:
+            if not vars(self).get("_rs_stop_at_once"):
+                self._rs_drain(self.graceful_timeout)
             code = 0
         except SystemExit as exit:
             code = exit.code if isinstance(exit.code, int) else 1
