@@ -304,8 +304,14 @@ impl Session {
                 let wakeup = poller.wait(timeout)?;
                 let mut start = 0;
                 if let Some(parking) = parking.as_mut() {
-                    start = dispatch_parked(parking, poller, queue, expired, &engine.stats);
-                    engine.parked.store(parking.len(), Ordering::Relaxed);
+                    start = dispatch_parked(
+                        parking,
+                        poller,
+                        queue,
+                        expired,
+                        &engine.stats,
+                        &engine.parked,
+                    );
                 }
                 if start > 0 {
                     return Ok(DirectExit::StartWorkers(start));
@@ -456,8 +462,8 @@ impl Session {
                 pool.get().queue(),
                 &mut self.expired,
                 &engine.stats,
+                &engine.parked,
             );
-        engine.parked.store(parking.len(), Ordering::Relaxed);
         self.close_expired(server)?;
         start_workers(server, start)
     }
@@ -684,21 +690,27 @@ fn park_raw(parking: &mut Parking<WorkItem>, poller: &Poller, raw: Raw) -> Optio
 /// Hand parked connections that spoke to the workers and take out those that stayed silent
 /// too long: raw ones are closed here, Python-made ones go to `expired` (their
 /// `shutdown_request()` needs Python). Returns how many workers to start. No Python here.
+/// The `parked` gauge is updated before anything is handed on or closed, so a client that
+/// sees its connection closed (or a counter that says so) never finds it still counted there.
 fn dispatch_parked(
     parking: &mut Parking<WorkItem>,
     poller: &Poller,
     queue: &WorkQueue<WorkItem>,
     expired: &mut Vec<Py<PyAny>>,
     stats: &Counters,
+    parked: &AtomicUsize,
 ) -> usize {
+    let readable = parking.take_readable(poller);
+    let silent = parking.take_expired(poller, Instant::now());
+    parked.store(parking.len(), Ordering::Relaxed);
     let mut start = 0;
-    for item in parking.take_readable(poller) {
+    for item in readable {
         // A closed pool (server_close() under us) drops the connection.
         if let Ok(Submitted::StartWorker) = queue.submit(item) {
             start += 1;
         }
     }
-    for item in parking.take_expired(poller, Instant::now()) {
+    for item in silent {
         Counters::bump(&stats.first_byte_timeouts);
         match item {
             WorkItem::Raw(raw) => {
