@@ -25,9 +25,9 @@
 //!   called once the gate is closed asks the loop to stop and returns without waiting (see
 //!   `exiting`).
 //! - **Calls into Python.** CPython may end the thread anywhere in the Python code the engine
-//!   called. On glibc, `call` goes through `exit_guard.c`, a C frame that catches that unwind
-//!   (`pthread_cleanup_push`) and parks the thread there, before the unwind reaches a Rust
-//!   frame. musl's and macOS's `pthread_exit()` do not unwind, so `call` is a plain call there.
+//!   called. On glibc, `call` goes through `sys::EXIT_GUARD` (`sys/exit_guard.c`), a C
+//!   frame that catches that unwind (`pthread_cleanup_push`) and parks the thread there,
+//!   before the unwind reaches a Rust frame. musl's and macOS's `pthread_exit()` do not unwind, so `call` is a plain call there.
 //!   Calls that run no user code (`fileno()`, `gettimeout()`, making a socket) stay plain.
 
 use std::sync::OnceLock;
@@ -38,6 +38,8 @@ use std::time::{Duration, Instant};
 use pyo3::BoundObject;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
+
+use crate::sys;
 
 /// The interpreter's gate: closed by the `atexit` hook that `register_exit_hook` installs.
 static GATE: ExitGate = ExitGate::new();
@@ -99,35 +101,24 @@ where
     call(&object.getattr(name)?, args)
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// `callable(*args)`, through the platform's exit guard where it has one.
 fn guarded_call<'py>(
     callable: &Bound<'py, PyAny>,
     args: &Bound<'py, PyTuple>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    unsafe extern "C" {
-        /// rust/exit_guard.c: `PyObject_Call(callable, args, kwargs)` inside a frame that
-        /// parks the thread if `pthread_exit()` unwinds out of the call.
-        fn socketserver_rs_guarded_call(
-            callable: *mut pyo3::ffi::PyObject,
-            args: *mut pyo3::ffi::PyObject,
-            kwargs: *mut pyo3::ffi::PyObject,
-        ) -> *mut pyo3::ffi::PyObject;
-    }
-    // SAFETY: we hold the GIL and live references to `callable` and `args` (a tuple);
-    // `PyObject_Call` returns a new reference, or NULL with an exception set.
+    let Some(guarded) = sys::EXIT_GUARD else {
+        return callable.call1(args);
+    };
+    // SAFETY: we hold the GIL and live references to `callable` and `args` (a tuple); the
+    // guard calls `PyObject_Call`, which returns a new reference, or NULL with an exception set.
     unsafe {
-        let result =
-            socketserver_rs_guarded_call(callable.as_ptr(), args.as_ptr(), std::ptr::null_mut());
-        Bound::from_owned_ptr_or_err(callable.py(), result)
+        let result = guarded(
+            callable.as_ptr().cast(),
+            args.as_ptr().cast(),
+            std::ptr::null_mut(),
+        );
+        Bound::from_owned_ptr_or_err(callable.py(), result.cast())
     }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn guarded_call<'py>(
-    callable: &Bound<'py, PyAny>,
-    args: &Bound<'py, PyTuple>,
-) -> PyResult<Bound<'py, PyAny>> {
-    callable.call1(args)
 }
 
 /// Register the `atexit` hook that closes the gate; called once, when the module is imported.

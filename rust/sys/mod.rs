@@ -13,12 +13,14 @@
 //! portable paths, so the test suite covers them here. Every other POSIX system (macOS and
 //! the BSDs, with kqueue under mio) always runs the portable paths.
 //!
-//! Four differences are fixed at compile time, because they are properties of the OS rather
+//! Five differences are fixed at compile time, because they are properties of the OS rather
 //! than of a path: how a `send` avoids `SIGPIPE` ([`NO_SIGPIPE`], [`suppress_sigpipe`]),
 //! whether mio's poll descriptors are copied into a `fork()`ed child ([`ForkBound`]),
-//! whether Unix socket names may be abstract ([`ABSTRACT_UNIX_NAMES`]), and whether a child
-//! can ask to die with its parent ([`kill_with_parent`]).
-//! This module needs no Python and is tested with `cargo test`.
+//! whether Unix socket names may be abstract ([`ABSTRACT_UNIX_NAMES`]), whether a child
+//! can ask to die with its parent ([`kill_with_parent`]), and whether `pthread_exit()`
+//! unwinds, so that calls into Python need a C frame that stops it ([`EXIT_GUARD`]).
+//! This module needs no Python (the guard takes the interpreter's objects as raw pointers)
+//! and is tested with `cargo test`.
 
 #[cfg(target_os = "linux")]
 mod linux;
@@ -285,6 +287,34 @@ pub fn kill_with_parent() -> bool {
         false
     }
 }
+
+/// The C function of `exit_guard.c`, where `pthread_exit()` unwinds the stack (glibc):
+/// `PyObject_Call(callable, args, kwargs)` in a frame that parks the calling thread if the
+/// interpreter ends it during the call, before the unwind reaches the Rust frames above
+/// (see `finalize.rs`). `None` where `pthread_exit()` does not unwind (musl, macOS, the BSDs):
+/// a plain call is safe there.
+pub type ExitGuardedCall = unsafe extern "C" fn(
+    callable: *mut std::ffi::c_void,
+    args: *mut std::ffi::c_void,
+    kwargs: *mut std::ffi::c_void,
+) -> *mut std::ffi::c_void;
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+unsafe extern "C" {
+    /// rust/sys/exit_guard.c, compiled by build.rs for glibc targets only.
+    fn socketserver_rs_guarded_call(
+        callable: *mut std::ffi::c_void,
+        args: *mut std::ffi::c_void,
+        kwargs: *mut std::ffi::c_void,
+    ) -> *mut std::ffi::c_void;
+}
+
+/// See [`ExitGuardedCall`].
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub const EXIT_GUARD: Option<ExitGuardedCall> = Some(socketserver_rs_guarded_call);
+/// See [`ExitGuardedCall`].
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub const EXIT_GUARD: Option<ExitGuardedCall> = None;
 
 /// Whether Unix socket addresses starting with a NUL byte are names in Linux's abstract
 /// namespace (CPython returns them as `bytes`); elsewhere such an address is an empty path.
