@@ -46,6 +46,8 @@ pub struct Conn<H> {
     pub closing: bool,
     /// Registered with the poller for writability too.
     pub wants_writable: bool,
+    /// Some input has arrived since the connection was accepted.
+    pub received: bool,
     /// The server's counters (bytes in and out; the close when dropped), once it has any.
     pub stats: Option<Arc<Counters>>,
 }
@@ -73,8 +75,16 @@ impl<H> Conn<H> {
             read_closed: false,
             closing: false,
             wants_writable: false,
+            received: false,
             stats: None,
         }
+    }
+
+    /// Whether a request may be on its way: input is still open and either nothing has
+    /// arrived yet (a client that has just connected) or part of a message has. A graceful
+    /// stop waits for these; an idle connection between requests it may close.
+    pub fn awaits_request(&self) -> bool {
+        !self.read_closed && !self.closing && (!self.received || self.decoder.buffered() > 0)
     }
 
     pub fn fd(&self) -> RawFd {
@@ -136,6 +146,7 @@ impl<H> Conn<H> {
                 }
                 Ok(n) => {
                     taken += n;
+                    self.received = true;
                     if let Some(stats) = &self.stats {
                         Counters::add(&stats.bytes_in, n as u64);
                     }

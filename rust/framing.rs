@@ -83,7 +83,6 @@ impl Decoder {
     }
 
     /// Bytes held back waiting for the rest of a message.
-    #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.pending.len()
     }

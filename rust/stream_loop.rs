@@ -148,8 +148,9 @@ impl<'r> StreamLoop<'r> {
             self.python_half(server, handler_class)?;
         }
         // Stop accepting. With a drain window (`shutdown(timeout)`), go on serving the
-        // messages already read (on handler threads too) until none is left or the window
-        // closes; then give queued replies the rest of it (by default, a bounded time).
+        // connections already accepted (on handler threads too) until no request is in
+        // flight or the window closes; then give queued replies the rest of it (by default,
+        // a bounded time).
         let Some(window) = self.reactor.take_drain_window() else {
             let deadline = Instant::now() + SHUTDOWN_FLUSH;
             detach(py, || self.flush_before_return(deadline));
@@ -172,13 +173,16 @@ impl<'r> StreamLoop<'r> {
         Ok(())
     }
 
-    /// Messages read but not yet handled, or being handled on a worker thread.
+    /// Requests in flight: messages read but not yet handled or being handled on a worker
+    /// thread, connections accepted but not yet opened, and requests on their way (a
+    /// connection that has sent nothing yet, or part of a message; see `awaits_request`).
     fn has_work_in_flight(&self) -> bool {
         !self.to_read.is_empty()
+            || !self.accepted.is_empty()
             || self.conns.indices().any(|slot| {
-                self.conns
-                    .get(slot)
-                    .is_some_and(|c| c.handler.in_flight || !c.handler.backlog.is_empty())
+                self.conns.get(slot).is_some_and(|c| {
+                    c.handler.in_flight || !c.handler.backlog.is_empty() || c.awaits_request()
+                })
             })
     }
 

@@ -155,6 +155,64 @@ def test_reactor_shutdown_with_a_timeout_answers_the_messages_already_read():
         loop.join(5)
 
 
+class Echo(socketserver_rs.MessageHandler):
+    framing = "line"
+
+    def handle_message(self, message):
+        return b"echo " + message
+
+
+def wait_until(condition, timeout=CLIENT_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("first_part", [b"", b"par"], ids=["nothing-sent", "half-a-line"])
+def test_reactor_shutdown_with_a_timeout_answers_a_request_still_on_its_way(first_part):
+    # A client the reactor has accepted but whose request has not (all) arrived when the
+    # drain begins: a prefork reload stops old children at any such moment.
+    server = socketserver_rs.ReactorTCPServer(("127.0.0.1", 0), Echo)
+    loop = serving(server)
+    stopper = None
+    try:
+        with socket.create_connection(server.server_address, timeout=CLIENT_TIMEOUT) as client:
+            client.sendall(first_part)
+            wait_until(lambda: server.stats()["active_connections"] == 1)
+            stopper = threading.Thread(target=server.shutdown, kwargs={"timeout": 20})
+            stopper.start()
+            time.sleep(0.2)  # the drain has begun; the rest of the request comes now
+            client.sendall(b"tial\n" if first_part else b"late\n")
+            reply = client.makefile("rb").readline()
+        assert reply == (b"echo partial\n" if first_part else b"echo late\n")
+        stopper.join(CLIENT_TIMEOUT)
+        assert not stopper.is_alive()
+    finally:
+        server.server_close()
+        loop.join(5)
+        if stopper is not None:
+            stopper.join(CLIENT_TIMEOUT)
+
+
+def test_reactor_shutdown_with_a_timeout_does_not_wait_for_idle_connections():
+    server = socketserver_rs.ReactorTCPServer(("127.0.0.1", 0), Echo)
+    loop = serving(server)
+    try:
+        with socket.create_connection(server.server_address, timeout=CLIENT_TIMEOUT) as client:
+            client.sendall(b"one\n")
+            reader = client.makefile("rb")
+            assert reader.readline() == b"echo one\n"
+            started = time.monotonic()
+            server.shutdown(timeout=20)  # the connection is idle between requests
+            assert time.monotonic() - started < 5
+            server.server_close()
+            assert reader.readline() == b""  # closed by server_close(), as without a drain
+    finally:
+        server.server_close()
+        loop.join(5)
+
+
 def test_reactor_shutdown_without_a_timeout_does_not_wait_for_handler_threads():
     class Server(socketserver_rs.ReactorTCPServer):
         handler_threads = 2
