@@ -72,6 +72,7 @@ impl<'r> DatagramLoop<'r> {
             detach(py, || self.io_half()).map_err(|e| os_error(&e))?;
             py.check_signals()?;
             self.python_half(server, handler_class)?;
+            self.reactor.retire_if_due();
         }
         // With a drain window (`shutdown(timeout)`): receive nothing more, but wait for the
         // datagrams on worker threads and send their replies, until the window closes.

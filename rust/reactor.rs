@@ -270,6 +270,10 @@ pub struct Reactor {
     generation: AtomicU64,
     /// `shutdown(timeout)`'s drain window in ms, plus one (0: none asked for).
     drain_ms: AtomicU64,
+    /// A prefork child's `max_requests`: the request count at which the loop stops as
+    /// `request_stop()` would (0: never), and that stop's drain window, encoded as `drain_ms`.
+    retire_at: AtomicU64,
+    retire_drain_ms: AtomicU64,
 }
 
 impl Reactor {
@@ -328,11 +332,34 @@ impl Reactor {
     }
 
     fn set_drain_window(&self, timeout: Option<f64>) {
-        if let Some(window) = duration_from_secs(timeout) {
-            let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX - 1);
-            self.drain_ms.store(ms.saturating_add(1), Ordering::Release);
+        if timeout.is_some() {
+            self.drain_ms
+                .store(encode_drain_window(timeout), Ordering::Release);
         }
     }
+
+    /// Stop the loop gracefully once `retire_after`'s count is reached; called by both loops
+    /// after each turn's handlers have run (one relaxed load when no limit is set).
+    pub fn retire_if_due(&self) {
+        let at = self.retire_at.load(Ordering::Relaxed);
+        if at != 0 && Counters::get(&self.shared.stats.requests) >= at {
+            self.retire_at.store(0, Ordering::Relaxed);
+            let window = self.retire_drain_ms.load(Ordering::Relaxed);
+            if window != 0 {
+                self.drain_ms.store(window, Ordering::Release);
+            }
+            self.latch.request();
+        }
+    }
+}
+
+/// A drain window as `drain_ms` holds it: milliseconds plus one, 0 for none.
+fn encode_drain_window(timeout: Option<f64>) -> u64 {
+    duration_from_secs(timeout).map_or(0, |window| {
+        u64::try_from(window.as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    })
 }
 
 #[pymethods]
@@ -440,6 +467,15 @@ impl Reactor {
             py.check_signals()?;
         }
         Ok(())
+    }
+
+    /// Stop serving gracefully (as `request_stop(timeout)` does) once `requests` requests
+    /// have been served in this process: a prefork child's `max_requests`.
+    #[pyo3(signature = (requests, timeout=None))]
+    fn retire_after(&self, requests: u64, timeout: Option<f64>) {
+        self.retire_drain_ms
+            .store(encode_drain_window(timeout), Ordering::Relaxed);
+        self.retire_at.store(requests.max(1), Ordering::Relaxed);
     }
 
     /// Ask the loop to stop without waiting for it (safe from a signal handler on the

@@ -146,6 +146,7 @@ impl<'r> StreamLoop<'r> {
             detach(py, || self.io_half(timeout, listening)).map_err(|e| os_error(&e))?;
             py.check_signals()?;
             self.python_half(server, handler_class)?;
+            self.reactor.retire_if_due();
         }
         // Stop accepting. With a drain window (`shutdown(timeout)`), go on serving the
         // connections already accepted (on handler threads too) until no request is in

@@ -329,8 +329,8 @@ class PreforkMixIn(_MixInBase):
       and threaded handlers do not block the loop.
     - ``graceful_timeout``: seconds a stopping child gets to finish its in-flight requests.
     - ``max_requests``: a child retires (gracefully) after serving this many requests, plus a
-      random 0..``max_requests_jitter``; 0 means never. Counted in ``finish_request()``, so
-      it does not apply to reactor servers.
+      random 0..``max_requests_jitter``; 0 means never. Counted in ``finish_request()``;
+      reactor servers count handled messages (datagrams) in their engine.
 
     Hooks: ``worker_init(worker_index)`` runs in each child before it serves;
     ``worker_exit(worker_index, status)`` runs in the parent when a child has ended (status:
@@ -369,8 +369,6 @@ class PreforkMixIn(_MixInBase):
         """Fork the workers and supervise them until ``shutdown()`` or a signal."""
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ValueError(f"workers must be a positive integer, not {self.workers!r}")
-        if self.max_requests and not hasattr(self, "_rs_engine"):
-            raise ValueError("max_requests counts finish_request() calls: not for reactors")
         _Arbiter(self, poll_interval).run()
 
     def shutdown(self, timeout=None):
@@ -446,7 +444,11 @@ class PreforkMixIn(_MixInBase):
             vars(self).pop("_rs_supervisor", None)
             if self.max_requests:
                 limit = self.max_requests + random.randint(0, max(0, self.max_requests_jitter))
-                vars(self)["_rs_requests_left"] = iter(range(limit - 1, -(2**62), -1))
+                if hasattr(self, "_rs_engine"):
+                    vars(self)["_rs_requests_left"] = iter(range(limit - 1, -(2**62), -1))
+                else:  # a reactor counts its messages itself
+                    reactor: Any = self
+                    reactor._rs_reactor.retire_after(limit, self.graceful_timeout)
             random.seed()
             self.worker_init(index)
             super().serve_forever(poll_interval)
