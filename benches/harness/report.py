@@ -1,0 +1,356 @@
+"""The report: medians over rounds, ratios, the markdown tables, the JSON of every raw
+measurement, and merging in the tables of an earlier run."""
+
+import json
+import statistics
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize_throughput(row):
+    runs = row.runs
+    lat = [r["latency_us"] for r in runs]
+    rates = [r["rps"] for r in runs]
+    return {
+        "rps": median(rates),
+        "rps_spread": (max(rates) - min(rates)) / median(rates) if median(rates) else None,
+        "p50_us": median([x["p50"] for x in lat]),
+        "p99_us": median([x["p99"] for x in lat]),
+        "p999_us": median([x["p999"] for x in lat]),
+        "errors": sum(r["errors"] for r in runs),
+        "timeouts": sum(r["timeouts"] for r in runs),
+        "cpu_us_per_req": median([r["server_cpu_us_per_req"] for r in runs]),
+        "client_cpu_s": median([r["client_cpu_s"] for r in runs]),
+        "first_error": next((r["first_error"] for r in runs if r["first_error"]), None),
+        "rounds": len(runs),
+    }
+
+
+def fmt_num(value, digits=None):
+    if value is None:
+        return "-"
+    if digits is not None:
+        return f"{value:,.{digits}f}"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def fmt_spread(spread, rounds):
+    """Max minus min over rounds, relative to the median: how far one round can be off."""
+    if spread is None or rounds < 2:
+        return "-"
+    return f"{spread * 100:.0f}%"
+
+
+def fmt_ratio(value, base):
+    if value is None or not base:
+        return "-"
+    return f"{value / base:.2f}x"
+
+
+def table(header, lines):
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
+    out += ["| " + " | ".join(str(c) for c in line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def cell(text, limit=160):
+    text = text.replace("|", "/").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def throughput_table(rows, second=None, second_name="uvloop streams"):
+    """One row per implementation; with ``second`` (a row label), every row also gets its
+    req/s and CPU per request as ratios against that row."""
+    summaries = {r.impl.label: summarize_throughput(r) for r in rows if r.runs}
+    other = summaries.get(second, {}) if second else None
+    header = [
+        "implementation",
+        "req/s",
+        "spread",
+        "req/s x stdlib",
+        *([f"req/s x {second_name}"] if second else []),
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "errors/timeouts",
+        "server CPU µs/req",
+        "CPU/req x stdlib",
+        *([f"CPU/req x {second_name}"] if second else []),
+    ]
+    lines = []
+    for row in rows:
+        label = row.impl.label
+        if label not in summaries:
+            lines.append([label, "n/a", *[""] * (len(header) - 3), row.failure or ""])
+            continue
+        s = summaries[label]
+        base = summaries.get(row.impl.baseline, {})
+        failures = f"{s['errors']}/{s['timeouts']}"
+        if s["errors"] and s["first_error"]:
+            failures += f" ({s['first_error'][:40]})"
+        line = [
+            label,
+            fmt_num(s["rps"], 0),
+            fmt_spread(s["rps_spread"], s["rounds"]),
+            fmt_ratio(s["rps"], base.get("rps")),
+        ]
+        if second:
+            line.append(fmt_ratio(s["rps"], other.get("rps")))
+        line += [
+            fmt_num(s["p50_us"]),
+            fmt_num(s["p99_us"]),
+            fmt_num(s["p999_us"]),
+            failures,
+            fmt_num(s["cpu_us_per_req"]),
+            fmt_ratio(s["cpu_us_per_req"], base.get("cpu_us_per_req")),
+        ]
+        if second:
+            line.append(fmt_ratio(s["cpu_us_per_req"], other.get("cpu_us_per_req")))
+        lines.append(line)
+    return table(header, lines), summaries
+
+
+def burst_table(rows):
+    summaries = {}
+    for row in rows:
+        if row.runs:
+            maxes = [r["latency_us"]["max"] for r in row.runs]
+            summaries[row.impl.label] = {
+                "max_ms": median([m / 1e3 if m is not None else None for m in maxes]),
+                "worst_ms": max((m for m in maxes if m is not None), default=0) / 1e3,
+                "p50_ms": median([(r["latency_us"]["p50"] or 0) / 1e3 for r in row.runs]),
+                "completed": min(r["requests"] for r in row.runs),
+                "errors": sum(r["errors"] for r in row.runs),
+                "timeouts": sum(r["timeouts"] for r in row.runs),
+                "rounds": len(row.runs),
+            }
+    lines = []
+    for row in rows:
+        s = summaries.get(row.impl.label)
+        if s is None:
+            lines.append([row.impl.label, "n/a", "", "", "", "", row.failure or ""])
+            continue
+        base = summaries.get(row.impl.baseline, {})
+        if s["timeouts"] or base.get("timeouts"):
+            # Some clients never got through: the slowest one that did is no fair figure.
+            slowest, ratio = "timed out" if s["timeouts"] else fmt_num(s["max_ms"]), "-"
+        else:
+            slowest, ratio = fmt_num(s["max_ms"]), fmt_ratio(s["max_ms"], base.get("max_ms"))
+        worst = "timed out" if s["timeouts"] else fmt_num(s["worst_ms"])
+        lines.append(
+            [
+                row.impl.label,
+                f"{s['completed']}/256",
+                slowest,
+                ratio,
+                worst,
+                fmt_num(s["p50_ms"]),
+                f"{s['errors']}/{s['timeouts']}",
+            ]
+        )
+    header = [
+        "implementation",
+        "round trips done (min)",
+        "slowest ms (median)",
+        "slowest x stdlib",
+        "slowest ms (worst round)",
+        "p50 ms",
+        "errors/timeouts",
+    ]
+    return table(header, lines), summaries
+
+
+def c10k_table(rows, conns):
+    summaries = {}
+    for row in rows:
+        if not row.runs:
+            continue
+        s = summarize_throughput(row)
+        runs = row.runs
+        s.update(
+            {
+                "served_min": min(r["conns_served"] or 0 for r in runs),
+                "ready_min": min(r["conns_ready"] or 0 for r in runs),
+                "connect_s": median([r["connect_s"] for r in runs]),
+                "peak_rss_mib": median([r["peak_rss_kb"] / 1024 for r in runs]),
+                "peak_rss_max_mib": max(r["peak_rss_kb"] for r in runs) / 1024,
+                "rss_before_mib": median([(r["rss_before_kb"] or 0) / 1024 for r in runs]),
+                "rss_growth_mib": median(
+                    [(r["peak_rss_kb"] - (r["rss_before_kb"] or 0)) / 1024 for r in runs]
+                ),
+                "peak_threads": max(r["peak_threads"] for r in runs),
+            }
+        )
+        summaries[row.impl.label] = s
+    header = [
+        "implementation",
+        "req/s",
+        "spread",
+        "req/s x uvloop",
+        "p50 ms",
+        "p99 ms",
+        "errors/timeouts",
+        "ready before the clock (min; s)",
+        "connections served (min)",
+        "server peak RSS MiB",
+        "RSS x uvloop",
+        "RSS growth MiB",
+        "server threads (peak)",
+        "server CPU µs/req",
+        "CPU/req x uvloop",
+    ]
+    lines = []
+    for row in rows:
+        s = summaries.get(row.impl.label)
+        if s is None:
+            lines.append([row.impl.label, "n/a", *[""] * (len(header) - 3), row.failure or ""])
+            continue
+        base = summaries.get(row.impl.baseline, {})
+        failures = f"{s['errors']}/{s['timeouts']}"
+        if s["errors"] and s["first_error"]:
+            failures += f" ({s['first_error'][:40]})"
+        ms = {k: None if s[k] is None else s[k] / 1e3 for k in ("p50_us", "p99_us")}
+        lines.append(
+            [
+                row.impl.label,
+                fmt_num(s["rps"], 0),
+                fmt_spread(s["rps_spread"], s["rounds"]),
+                fmt_ratio(s["rps"], base.get("rps")),
+                fmt_num(ms["p50_us"]),
+                fmt_num(ms["p99_us"]),
+                failures,
+                f"{s['ready_min']:,} ({fmt_num(s['connect_s'])} s)",
+                f"{s['served_min']:,}/{conns:,}",
+                fmt_num(s["peak_rss_mib"]),
+                fmt_ratio(s["peak_rss_mib"], base.get("peak_rss_mib")),
+                fmt_num(s["rss_growth_mib"]),
+                f"{s['peak_threads']:,}",
+                fmt_num(s["cpu_us_per_req"]),
+                fmt_ratio(s["cpu_us_per_req"], base.get("cpu_us_per_req")),
+            ]
+        )
+    return table(header, lines), summaries
+
+
+def http_table(rows):
+    summaries = {}
+    for row in rows:
+        if row.runs:
+            summaries[row.impl.label] = {
+                "rps": median([r["rps"] for r in row.runs]),
+                "p50_ms": median([r["p50_ms"] for r in row.runs]),
+                "p99_ms": median([r["p99_ms"] for r in row.runs]),
+                "mean_ms": median([r["mean_ms"] for r in row.runs]),
+                "errors": sum(r["errors"] for r in row.runs),
+                "timeouts": sum(r["timeouts"] for r in row.runs),
+                "cpu_us_per_req": median([r["cpu_us_per_req"] for r in row.runs]),
+                "rounds": len(row.runs),
+            }
+    lines = []
+    for row in rows:
+        s = summaries.get(row.impl.label)
+        if s is None:
+            lines.append([row.impl.label, "n/a", "", "", "", "", "", "", row.failure or ""])
+            continue
+        base = summaries.get(row.impl.baseline, {})
+        lines.append(
+            [
+                row.impl.label,
+                fmt_num(s["rps"], 0),
+                fmt_ratio(s["rps"], base.get("rps")),
+                fmt_num(s["p50_ms"]),
+                fmt_num(s["p99_ms"]),
+                fmt_num(s["mean_ms"]),
+                f"{s['errors']}/{s['timeouts']}",
+                fmt_num(s["cpu_us_per_req"]),
+                fmt_ratio(s["cpu_us_per_req"], base.get("cpu_us_per_req")),
+            ]
+        )
+    header = [
+        "implementation",
+        "req/s",
+        "req/s x stdlib",
+        "p50 ms",
+        "p99 ms",
+        "mean ms",
+        "errors/timeouts",
+        "server CPU µs/req",
+        "CPU/req x stdlib",
+    ]
+    return table(header, lines), summaries
+
+
+def with_runs(rows, summaries):
+    """Summaries plus every raw measurement and failure, for latest.json."""
+    return {
+        row.impl.label: {
+            "summary": summaries.get(row.impl.label),
+            "baseline": row.impl.baseline,
+            "server": [row.impl.impl, row.impl.kind, *row.impl.args],
+            "failure": row.failure,
+            "runs": row.runs,
+        }
+        for row in rows
+    }
+
+
+EARLIER = "*From the earlier run of "
+
+
+def merge_previous(out, sections, report):
+    """Adds the scenarios of the previous latest.{md,json} in ``out`` that this run did not
+    measure to ``sections`` and ``report``, each marked with the date of the run it was
+    measured in. Returns their keys and one paragraph per earlier run they come from."""
+    old = json.loads((out / "latest.json").read_text())
+    old_md = (out / "latest.md").read_text().splitlines()
+    old_meta = old.get("meta", {})
+    blocks, title, runs, date = {}, None, {}, None
+    for line in old_md:
+        if line.startswith("## "):
+            title = line[3:]
+            blocks[title] = [line]
+        elif line.startswith(("Total time", "This run measured")):
+            title = None
+        elif title is not None:
+            blocks[title].append(line)
+        elif line.startswith("Earlier run of "):
+            runs[line[len("Earlier run of ") :].partition(": ")[0]] = line
+        elif date is None and line.startswith("Measured "):
+            date, _, what = line[len("Measured ") :].partition(": ")
+            what = what.split(" Medians over rounds")[0]
+            runs[date] = f"Earlier run of {date}: {what}"
+    run_of_old = {k: old_meta.get(k) for k in ("date", "git", "socketserver_rs", "settings")}
+    kept, used = [], []
+    for key, scenario in old.get("scenarios", {}).items():
+        block = blocks.get(scenario.get("title"))
+        if key in report["scenarios"] or not block:
+            continue
+        while block and not block[-1].strip():
+            block.pop()
+        marks = [ln for ln in block if ln.startswith(EARLIER)]
+        if marks:
+            when = marks[0][len(EARLIER) :].split("*", 1)[0]
+        else:
+            when = date
+            block[1:1] = ["", f"{EARLIER}{when}* (described at the top)."]
+        if when not in used:
+            used.append(when)
+        scenario.setdefault("measured", run_of_old)
+        report["scenarios"][key] = scenario
+        sections[key] = [*block, ""]
+        kept.append(key)
+    if kept:
+        earlier = {k: v for k, v in old_meta.items() if k != "merged_from"}
+        report["meta"]["merged_from"] = [earlier, *old_meta.get("merged_from", [])]
+    intro = [runs[w] for w in used if w in runs]
+    return kept, intro
