@@ -3,7 +3,7 @@
 //! inside them when the interpreter exits.
 //!
 //! A daemon thread may still be in a Rust wait (the engine's poll, a pool worker's queue wait,
-//! a reactor's poll, `send_all` waiting for room), or in Python code the engine called (a
+//! a reactor's poll, an `rfile` read waiting for data), or in Python code the engine called (a
 //! hook, a handler), when the main thread finalizes the interpreter. CPython before 3.14 ends
 //! a thread that takes the GIL at that point with `pthread_exit()`, and glibc's version of it
 //! unwinds the stack, running through our Rust frames: undefined behaviour, and a segfault at

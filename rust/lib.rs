@@ -25,8 +25,8 @@ mod reactor;
 mod shutdown;
 mod signals;
 mod stats;
-mod stream_io;
 mod stream_loop;
+mod stream_read;
 mod supervisor;
 mod sys;
 mod work_queue;
@@ -44,7 +44,7 @@ mod _core {
     #[pymodule_export]
     use crate::reactor::{Connection, Reactor};
     #[pymodule_export]
-    use crate::stream_io::send_all;
+    use crate::stream_read::SocketReader;
     #[pymodule_export]
     use crate::supervisor::Supervisor;
 

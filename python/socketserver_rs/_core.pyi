@@ -15,10 +15,10 @@ __all__ = [
     "Connection",
     "Engine",
     "Reactor",
+    "SocketReader",
     "Supervisor",
     "WorkerPool",
     "platform_paths",
-    "send_all",
 ]
 
 @final
@@ -61,8 +61,15 @@ class WorkerPool:
     def worker_gone(self) -> None: ...
     def close(self) -> None: ...
 
-def send_all(sock: Any, data: Buffer) -> int:
-    """``sock.sendall(data)`` that keeps the GIL unless it has to wait; returns len(data)."""
+@final
+class SocketReader:
+    """The reading state of one ``rfile``: ``readinto()`` is ``sock.recv_into(buffer)``
+    that, after a read that filled the buffer, first tries with the GIL held."""
+
+    def __new__(cls) -> SocketReader: ...
+    def readinto(self, sock: Any, buffer: Buffer) -> int | None:
+        """``None`` when a non-blocking ``sock`` has nothing to read (as
+        ``SocketIO.readinto()``)."""
 
 @final
 class Reactor:

@@ -3,7 +3,7 @@ handlers that give it file-like ``rfile`` and ``wfile``.
 """
 
 import socket
-from io import BufferedIOBase, BytesIO
+from io import DEFAULT_BUFFER_SIZE, BufferedIOBase, BufferedReader, BytesIO
 from typing import TYPE_CHECKING
 
 from . import _core
@@ -54,17 +54,18 @@ class BaseRequestHandler:
 
 class _SocketWriter(BufferedIOBase):
     """An unbuffered, write-only file on a socket: every ``write()`` sends all of its data
-    at once (a signal cannot cut it short) and returns its length.
+    with ``sendall()`` (a signal cannot cut it short) and returns its length, as the
+    stdlib's ``_SocketWriter`` does.
 
-    On a plain ``socket.socket`` the native ``send_all`` does the work and keeps the GIL
-    while the kernel takes the data without waiting; other sockets (``ssl.SSLSocket`` …)
-    must go through their own ``sendall()``.
+    ``sendall()`` releases the GIL around every ``send()``. A native send that kept it (the
+    kernel nearly always takes a reply at once) was measured against this with 1, 16 and
+    256 connections, each server in a session of its own: never faster, and at 16 and 256
+    connections slower, with more context switches per request (benches/README.md).
     """
 
     def __init__(self, sock):
         # type: (socket.socket) -> None
         self._sock = sock
-        self._native = type(sock) is socket.socket
 
     def writable(self):
         # type: () -> bool
@@ -72,8 +73,6 @@ class _SocketWriter(BufferedIOBase):
 
     def write(self, b):
         # type: (Buffer) -> int
-        if self._native:
-            return _core.send_all(self._sock, b)
         self._sock.sendall(b)
         with memoryview(b) as view:
             return view.nbytes
@@ -81,6 +80,47 @@ class _SocketWriter(BufferedIOBase):
     def fileno(self):
         # type: () -> int
         return self._sock.fileno()
+
+
+def _reader(sock, bufsize):
+    # type: (socket.socket, int | None) -> Any
+    """``sock.makefile("rb", bufsize)``, with a native raw reader on a plain
+    ``socket.socket`` (other sockets, ``ssl.SSLSocket`` …, read through their own
+    ``recv_into()``): the same ``BufferedReader`` on top (none when ``bufsize`` is 0), the
+    same reference on the socket, so that it stays open while the file is."""
+    if type(sock) is not socket.socket:
+        return sock.makefile("rb", bufsize)
+    raw = _SocketReader(sock, "rb")
+    sock._io_refs += 1  # type: ignore[attr-defined]  # as makefile() counts its files
+    if bufsize is None or bufsize < 0:
+        bufsize = DEFAULT_BUFFER_SIZE
+    if bufsize == 0:
+        return raw
+    return BufferedReader(raw, bufsize)
+
+
+class _SocketReader(socket.SocketIO):
+    """``makefile()``'s raw reader (``SocketIO``) with a native ``readinto()``: after a
+    read that filled the buffer it first reads with the GIL held, and otherwise waits and
+    reads without it, honouring the socket's timeout as ``recv_into()`` does. Closing,
+    ``fileno()``, ``name`` and the timed-out state are ``SocketIO``'s own."""
+
+    def __init__(self, sock, mode):
+        # type: (socket.socket, str) -> None
+        super().__init__(sock, mode)  # type: ignore[arg-type]
+        self._reader = _core.SocketReader()
+
+    def readinto(self, b):
+        # type: (Buffer) -> int | None
+        self._checkClosed()
+        self._checkReadable()  # type: ignore[attr-defined]
+        if self._timeout_occurred:  # type: ignore[has-type]
+            raise OSError("cannot read from timed out object")
+        try:
+            return self._reader.readinto(self._sock, b)  # type: ignore[attr-defined]
+        except TimeoutError:
+            self._timeout_occurred = True
+            raise
 
 
 class StreamRequestHandler(BaseRequestHandler):
@@ -107,7 +147,7 @@ class StreamRequestHandler(BaseRequestHandler):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         # Binary files, typed as the stdlib's are (BinaryIO), though neither makefile()'s
         # result nor _SocketWriter is nominally one.
-        self.rfile = self.connection.makefile("rb", self.rbufsize)  # type: BinaryIO
+        self.rfile = _reader(self.connection, self.rbufsize)  # type: BinaryIO
         if self.wbufsize == 0:
             self.wfile = _SocketWriter(self.connection)  # type: BinaryIO  # type: ignore[assignment]
         else:
