@@ -63,6 +63,18 @@ def echo_handlers(mod):
     return EchoLines, EchoDatagram
 
 
+def sendto_handler(mod):
+    """The plainest datagram echo: a ``BaseRequestHandler`` that ``sendto()``s the datagram
+    back (no ``BytesIO`` pair)."""
+
+    class SendtoEcho(mod.BaseRequestHandler):
+        def handle(self):
+            data, sock = self.request
+            sock.sendto(data, self.client_address)
+
+    return SendtoEcho
+
+
 def readline_handler(mod):
     """An explicit ``readline()`` echo loop, with Nagle off as asyncio, uvloop and
     socketserver_rs have it: without that, a pipelined batch's second reply would wait for
@@ -166,6 +178,10 @@ def build_socketserver(mod, kind, address, backlog=None, max_workers=None, handl
         if cls.socket_type != socket.SOCK_STREAM:
             raise SystemExit("--handler readline is for stream servers")
         handler = readline_handler(mod)
+    elif handler == "sendto":
+        if cls.socket_type != socket.SOCK_DGRAM:
+            raise SystemExit("--handler sendto is for datagram servers")
+        handler = sendto_handler(mod)
     elif kind.startswith("http:"):
         handler = HelloHandler
     elif kind.startswith("http-stock:"):
@@ -393,10 +409,18 @@ def main(argv=None):
     p.add_argument("--max-workers", type=int, help="pool size for ThreadPool* classes")
     p.add_argument("--lifetime", type=float, default=900.0, help="exit after this long")
     p.add_argument(
+        "--rfile",
+        choices=["native", "makefile"],
+        default="native",
+        help="socketserver_rs stream handlers: the native rfile (default) or the stdlib's "
+        "makefile('rb') (how it read before), for before/after rows",
+    )
+    p.add_argument(
         "--handler",
-        choices=["lines", "readline"],
+        choices=["lines", "readline", "sendto"],
         default="lines",
-        help="stream handler: 'for line in rfile' (default) or a readline() loop, Nagle off",
+        help="stream handler: 'for line in rfile' (default) or a readline() loop, Nagle off; "
+        "datagram handler: DatagramRequestHandler (default) or BaseRequestHandler + sendto()",
     )
     args = p.parse_args(argv)
     if isinstance(args.address, tuple) and not args.address[0].startswith("127."):
@@ -405,6 +429,10 @@ def main(argv=None):
     if args.impl == "mio":
         return exec_mio(args.kind, args.address, args.lifetime)
     limit_lifetime(args.lifetime)
+    if args.rfile == "makefile":
+        from socketserver_rs import _handlers
+
+        _handlers._reader = lambda sock, bufsize: sock.makefile("rb", bufsize)
     if args.impl in MODULES:
         return serve_socketserver(
             MODULES[args.impl],

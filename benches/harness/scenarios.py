@@ -9,9 +9,13 @@ SCENARIOS = [
     "tcp256",
     "connect16",
     "udp16",
+    "udp16s",
     "unix16",
     "line16",
     "line16p4",
+    "rl1",
+    "rl16",
+    "rl256",
     "c10k",
     "burst",
     "shutdown",
@@ -204,6 +208,15 @@ def throughput_scenarios(size):
             "udp16", "UDP, 16 outstanding datagrams", "udp", lg("udp", 16), socketserver_rows("udp")
         ),
         Scenario(
+            "udp16s",
+            "UDP, 16 outstanding datagrams, BaseRequestHandler with sendto()",
+            "udp",
+            lg("udp", 16),
+            sendto_rows(),
+            "Handler: `data, sock = self.request; sock.sendto(data, self.client_address)` on "
+            "each module's BaseRequestHandler (no BytesIO pair).",
+        ),
+        Scenario(
             "unix16",
             "Unix stream, 16 persistent connections",
             "unix",
@@ -212,7 +225,27 @@ def throughput_scenarios(size):
         ),
         line_scenario(size, 1),
         line_scenario(size, 4),
+        *(readline_scenario(size, conns) for conns in (1, 16, 256)),
     ]
+
+
+def sendto_rows():
+    """The datagram servers with a BaseRequestHandler that sendto()s the datagram back."""
+    extra = ("--handler", "sendto")
+    rows = []
+    for name, base in (("UDPServer", "UDPServer"), ("ThreadingUDPServer", "ThreadingUDPServer")):
+        rows.append(Impl(f"stdlib {name}", "stdlib", name, f"stdlib {base}", extra))
+        rows.append(Impl(f"rs {name}", "rs", name, f"stdlib {base}", extra))
+    rows.append(
+        Impl(
+            "rs ThreadPoolUDPServer",
+            "rs",
+            "ThreadPoolUDPServer",
+            "stdlib ThreadingUDPServer",
+            extra,
+        )
+    )
+    return rows
 
 
 LINE_STDLIB = "stdlib ThreadingTCPServer (readline)"
@@ -264,6 +297,44 @@ def line_scenario(size, pipeline):
         batch + handlers,
         f"Ratios against {LINE_STDLIB} (x stdlib) and against {LINE_UVLOOP} (x uvloop streams).",
         second=LINE_UVLOOP,
+    )
+
+
+def readline_scenario(size, conns):
+    """The stream handler as users write it (a readline() loop, Nagle off) on the thread
+    servers, with socketserver_rs's native rfile and with the stdlib's makefile() rfile
+    (the way it read before; servers.py --rfile makefile), and on the pool sized to the
+    connections."""
+    b = ("--backlog", "1024", "--handler", "readline")
+    base = LINE_STDLIB
+    rows = [
+        Impl(base, "stdlib", "ThreadingTCPServer", base, b),
+        Impl("rs ThreadingTCPServer (readline)", "rs", "ThreadingTCPServer", base, b),
+        Impl(
+            "rs ThreadingTCPServer (readline, makefile() rfile)",
+            "rs",
+            "ThreadingTCPServer",
+            base,
+            (*b, "--rfile", "makefile"),
+        ),
+        Impl(
+            f"rs ThreadPoolTCPServer (readline, max_workers={conns})",
+            "rs",
+            "ThreadPoolTCPServer",
+            base,
+            (*b, "--max-workers", str(conns)),
+        ),
+    ]
+    return Scenario(
+        f"rl{conns}",
+        f"readline() echo, {conns} persistent connection{'s' if conns > 1 else ''}",
+        "tcp",
+        ["--mode", "line", "--conns", str(conns), "--size", str(size)],
+        rows,
+        "Handler: `while line := rfile.readline(): wfile.write(line)` with Nagle off. "
+        "The makefile() row reads through the stdlib's SocketIO (socketserver_rs before its "
+        "native rfile).",
+        f"Ratios against {LINE_STDLIB}.",
     )
 
 
