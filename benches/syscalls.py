@@ -1,0 +1,108 @@
+"""Syscalls per request of one benchmark server: ``strace -f -c`` attached to every thread of
+a warmed-up server (benches/servers.py, in a session of its own) while loadgen sends a fixed
+number of requests; prints the counts divided by the requests served.
+
+    .venv/bin/python benches/syscalls.py IMPL KIND MODE [--conns 16] [--requests 5000]
+        [--handler lines|readline|sendto] [--max-workers N]
+    e.g. benches/syscalls.py rs TCPServer connect; benches/syscalls.py stdlib UDPServer udp
+
+Needs strace (and ptrace permission) and a built loadgen (make bench builds it). Every step
+is bounded in time; the server and strace are stopped by PID.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCHES = Path(__file__).resolve().parent
+REPO = BENCHES.parent
+LOADGEN = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release" / "loadgen"
+
+
+def stop(proc, sig=signal.SIGTERM):
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def per_request(summary, served):
+    """``strace -c`` output as {syscall: calls per request}."""
+    counts = {}
+    for line in summary.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            counts[parts[-1]] = int(parts[3]) / served
+    return counts
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("impl", choices=["stdlib", "rs"])
+    p.add_argument("kind")
+    p.add_argument("mode", choices=["tcp", "connect", "udp", "line"])
+    p.add_argument("--conns", type=int, default=16)
+    p.add_argument("--requests", type=int, default=5000)
+    p.add_argument("--handler", choices=["lines", "readline", "sendto"], default="lines")
+    p.add_argument("--max-workers", type=int)
+    args = p.parse_args(argv)
+    server_cmd = [sys.executable, str(BENCHES / "servers.py"), args.impl, args.kind]
+    server_cmd += ["127.0.0.1:0", "--backlog", "1024", "--lifetime", "120"]
+    server_cmd += ["--handler", args.handler]
+    if args.max_workers:
+        server_cmd += ["--max-workers", str(args.max_workers)]
+    server = subprocess.Popen(
+        server_cmd, stdout=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True
+    )
+    out = Path(tempfile.mkstemp(prefix="ssrs-strace-")[1])
+    try:
+        ready = server.stdout.readline().split()
+        if not ready or ready[0] != "READY":
+            raise SystemExit("the server did not start")
+        load = [str(LOADGEN), "--mode", args.mode, "--conns", str(args.conns)]
+        load += ["--addr", ready[1], "--timeout", "5"]
+        subprocess.run(
+            [*load, "--max-requests", "500", "--duration", "20"], capture_output=True, timeout=60
+        )
+        tids = os.listdir(f"/proc/{server.pid}/task")
+        tracer = subprocess.Popen(
+            ["strace", "-f", "-c", "-o", str(out), *[a for t in tids for a in ("-p", t)]],
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            time.sleep(1.0)  # attached
+            done = subprocess.run(
+                [*load, "--max-requests", str(args.requests), "--duration", "60"],
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )
+            time.sleep(0.3)
+        finally:
+            stop(tracer, signal.SIGINT)
+        served = json.loads(done.stdout.strip().splitlines()[-1])["requests"]
+        counts = per_request(out.read_text(), max(1, served))
+    finally:
+        stop(server)
+        server.stdout.close()
+        out.unlink(missing_ok=True)
+    print(f"{args.impl} {args.kind} {args.mode} ({args.handler}): {served} requests")
+    ordered = sorted(counts.items(), key=lambda kv: -kv[1])
+    print(
+        f"{sum(counts.values()):.2f} syscalls/request: "
+        + ", ".join(f"{name} {n:.2f}" for name, n in ordered if n >= 0.01)
+    )
+
+
+if __name__ == "__main__":
+    main()
