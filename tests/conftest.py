@@ -55,3 +55,12 @@ def unix_dir(tmp_path):
         yield short
     finally:
         shutil.rmtree(short, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tls_material(tmp_path_factory):
+    """PEM files for the TLS tests (see ``_tls_material``): a CA, two server certificates,
+    an RSA one, a client certificate and a key that matches none of them."""
+    from _tls_material import make_tls_material
+
+    return make_tls_material(tmp_path_factory.mktemp("tls"))
