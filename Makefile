@@ -81,7 +81,7 @@ $(RELEASE_TOOLS): $(VENV_READY)
 # uses already), so a fresh machine gets it with pip; ring's C takes seconds per target.
 # (Debian's clang with --target was the other route, but it brings only the compiler's own
 # headers: ring also includes <string.h>, <stdlib.h>, <assert.h> and, for Apple, Apple's
-# <TargetConditionals.h>, which would need a macOS SDK and a FreeBSD sysroot.)
+# <TargetConditionals.h>, which would need a macOS SDK and a FreeBSD sysroot (not in Debian).)
 CROSS_TARGETS := aarch64-apple-darwin x86_64-apple-darwin x86_64-unknown-freebsd
 CROSS_CARGO := PYO3_NO_PYTHON=1 PYO3_CROSS_PYTHON_VERSION=3.11 CARGO_TARGET_DIR=target/cross \
 	ZIG_PYTHON="$(abspath $(PY))" cargo
