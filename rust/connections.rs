@@ -1,6 +1,9 @@
 //! The connections a reactor server owns: each one's socket, input decoder, output buffer
 //! and flow-control state, kept in a slab indexed by the poller's source number.
 //!
+//! A connection of a TLS server carries its `TlsStream` (one branch per read or flush call
+//! picks the path, none per byte); its output buffer then holds plaintext not yet sealed.
+//!
 //! Generic over the handler payload so that it needs no Python: tested with `cargo test`.
 
 use std::io;
@@ -11,6 +14,7 @@ use std::time::Instant;
 use crate::framing::{Decoder, FrameError};
 use crate::net;
 use crate::stats::Counters;
+use crate::tls_stream::{ReadEnd, TlsStream};
 
 /// Why reading from a connection stopped.
 #[derive(Debug)]
@@ -50,6 +54,8 @@ pub struct Conn<H> {
     pub received: bool,
     /// The server's counters (bytes in and out; the close when dropped), once it has any.
     pub stats: Option<Arc<Counters>>,
+    /// TLS state, on a TLS server (its handshake is done).
+    pub tls: Option<Box<TlsStream>>,
 }
 
 impl<H> Drop for Conn<H> {
@@ -77,6 +83,7 @@ impl<H> Conn<H> {
             wants_writable: false,
             received: false,
             stats: None,
+            tls: None,
         }
     }
 
@@ -91,9 +98,34 @@ impl<H> Conn<H> {
         self.fd.as_raw_fd()
     }
 
-    /// Bytes queued and not yet written.
+    /// Bytes queued and not yet written (with TLS: plaintext not yet sealed, plus
+    /// ciphertext not yet written).
     pub fn pending_output(&self) -> usize {
-        self.out.len() - self.out_start
+        let plain = self.out.len() - self.out_start;
+        match &self.tls {
+            None => plain,
+            // A closing connection's close_notify counts until it is queued.
+            Some(tls) => {
+                plain + tls.pending_wire() + usize::from(self.closing && !tls.said_goodbye())
+            }
+        }
+    }
+
+    /// Drop all queued output: the peer is gone.
+    pub fn discard_output(&mut self) {
+        self.out.clear();
+        self.out_start = 0;
+        if let Some(tls) = &mut self.tls {
+            tls.discard_output();
+        }
+    }
+
+    /// Whether reading left records to send (a TLS key update or alert) that no reply
+    /// will carry.
+    pub fn has_records_to_send(&mut self) -> bool {
+        self.tls
+            .as_mut()
+            .is_some_and(|tls| tls.has_records_to_send())
     }
 
     /// The buffer replies are appended to.
@@ -101,8 +133,19 @@ impl<H> Conn<H> {
         &mut self.out
     }
 
-    /// Write as much queued output as the socket takes now. `Ok(true)` once all is written.
+    /// Write as much queued output as the socket takes now. `Ok(true)` once all is written
+    /// (with TLS, once closing, the close_notify included).
     pub fn flush(&mut self) -> io::Result<bool> {
+        if let Some(tls) = &mut self.tls {
+            let fd = self.fd.as_raw_fd();
+            let stats = self.stats.as_deref();
+            let done = tls.flush(fd, &self.out, &mut self.out_start, self.closing, stats)?;
+            if self.out_start == self.out.len() {
+                self.out.clear();
+                self.out_start = 0;
+            }
+            return Ok(done);
+        }
         while self.out_start < self.out.len() {
             match net::send_quietly(self.fd(), &self.out[self.out_start..]) {
                 Ok(n) => {
@@ -129,6 +172,9 @@ impl<H> Conn<H> {
         budget: usize,
         emit: &mut impl FnMut(&[u8]),
     ) -> ReadStop {
+        if self.tls.is_some() {
+            return self.read_tls_messages(scratch.len(), budget, emit);
+        }
         let mut taken = 0;
         let limit = self.decoder.read_limit(scratch.len());
         loop {
@@ -161,6 +207,70 @@ impl<H> Conn<H> {
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return ReadStop::Failed,
+            }
+        }
+    }
+}
+
+impl<H> Conn<H> {
+    /// `read_messages` for a TLS connection: ciphertext goes through rustls, and the
+    /// plaintext into the decoder, in pieces no larger than a plain read would be.
+    fn read_tls_messages(
+        &mut self,
+        scratch: usize,
+        budget: usize,
+        emit: &mut impl FnMut(&[u8]),
+    ) -> ReadStop {
+        let fd = self.fd.as_raw_fd();
+        let Conn {
+            tls,
+            decoder,
+            stats,
+            last_active,
+            received,
+            ..
+        } = self;
+        let tls = tls.as_mut().expect("a TLS connection");
+        let piece = decoder.read_limit(scratch);
+        let mut framing = None;
+        let end = tls.read(
+            fd,
+            budget,
+            piece,
+            &mut |n| {
+                if let Some(stats) = stats {
+                    Counters::add(&stats.bytes_in, n as u64);
+                }
+                *last_active = Instant::now();
+            },
+            &mut |plaintext| {
+                *received = true;
+                match decoder.feed(plaintext, emit) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        framing = Some(err);
+                        false
+                    }
+                }
+            },
+        );
+        if let Some(err) = framing {
+            return ReadStop::Framing(err);
+        }
+        match end {
+            ReadEnd::Drained => {
+                self.readable = false;
+                ReadStop::Drained
+            }
+            ReadEnd::Budget => ReadStop::Budget,
+            ReadEnd::Failed => ReadStop::Failed,
+            ReadEnd::Eof => {
+                self.readable = false;
+                self.read_closed = true;
+                match self.decoder.finish(emit) {
+                    Ok(()) => ReadStop::Eof,
+                    Err(err) => ReadStop::Framing(err),
+                }
             }
         }
     }

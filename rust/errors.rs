@@ -7,9 +7,17 @@
 
 use std::io;
 
-use pyo3::exceptions::PyOSError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::{PyErr, ffi};
+
+pyo3::create_exception!(
+    socketserver_rs._core,
+    TLSConfigError,
+    PyValueError,
+    "A TLS configuration that cannot be used: the message names the attribute, the file and \
+     the problem."
+);
 
 /// The C library's message for `errno`, as `os.strerror` gives it.
 pub fn strerror(errno: i32) -> String {

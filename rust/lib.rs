@@ -14,6 +14,7 @@ mod finalize;
 // Public (but not part of any API) so that fuzz/ can drive the framer directly.
 #[doc(hidden)]
 pub mod framing;
+mod handshakes;
 mod heartbeat;
 mod net;
 mod orphans;
@@ -29,6 +30,8 @@ mod stream_loop;
 mod stream_read;
 mod supervisor;
 mod sys;
+mod tls;
+mod tls_stream;
 mod work_queue;
 
 use pyo3::prelude::pymodule;
@@ -37,6 +40,8 @@ use pyo3::prelude::pymodule;
 mod _core {
     #[pymodule_export]
     use crate::engine::Engine;
+    #[pymodule_export]
+    use crate::errors::TLSConfigError;
     #[pymodule_export]
     use crate::platform_info::platform_paths;
     #[pymodule_export]

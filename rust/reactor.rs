@@ -5,11 +5,13 @@
 //!
 //! This file holds what the stream and datagram loops share: the `Connection` handle given
 //! to handlers, the command queue through which handlers (on any thread) send and close, the
-//! serving session (poller, signals, shutdown) and error reporting. The loops themselves are
-//! in `stream_loop.rs` and `datagram_loop.rs`.
+//! serving session (poller, signals, shutdown), error reporting, and the TLS configuration
+//! (loaded and reloaded here, used by the stream loop). The loops themselves are in
+//! `stream_loop.rs` and `datagram_loop.rs`.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -23,15 +25,18 @@ use pyo3::types::PyBytes;
 use crate::connections::{Conn, Slab};
 use crate::datagram_loop::DatagramLoop;
 use crate::deadline::duration_from_secs;
-use crate::errors::{os_error, while_handling};
+use crate::errors::{TLSConfigError, os_error, while_handling};
 use crate::finalize::{self, detach};
 use crate::framing::Framing;
+use crate::handshakes::Handshakes;
 use crate::net::RawAddr;
 use crate::poller::{Poller, PollerSlot};
 use crate::shutdown::{ShutdownLatch, current_thread_id};
 use crate::signals::SignalWakeup;
 use crate::stats::Counters;
 use crate::stream_loop::StreamLoop;
+use crate::tls::{ConfigError, TlsOptions, TlsServer};
+use crate::tls_stream::TlsInfo;
 
 /// A request from a handler to the loop.
 #[derive(Debug)]
@@ -67,6 +72,8 @@ pub struct Shared {
     loop_thread: AtomicU64,
     /// The server's counters (read by `stats()` without a lock).
     pub stats: Arc<Counters>,
+    /// The TLS configuration new connections get (None: plain). A reload swaps it.
+    tls: Mutex<Option<TlsServer>>,
 }
 
 impl Shared {
@@ -82,6 +89,14 @@ impl Shared {
             self.poller.wake().map_err(|e| os_error(&e))?;
         }
         Ok(())
+    }
+
+    /// The TLS configuration for connections accepted now (None: plain).
+    pub fn tls_server(&self) -> Option<TlsServer> {
+        self.tls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Move the queued commands into `into` (which the caller has emptied).
@@ -104,13 +119,21 @@ enum Target {
 pub struct Connection {
     shared: Arc<Shared>,
     target: Target,
+    /// What the TLS handshake settled (None: not TLS).
+    tls: Option<TlsInfo>,
 }
 
 impl Connection {
-    pub fn for_stream(shared: &Arc<Shared>, slot: usize, generation: u64) -> Connection {
+    pub fn for_stream(
+        shared: &Arc<Shared>,
+        slot: usize,
+        generation: u64,
+        tls: Option<TlsInfo>,
+    ) -> Connection {
         Connection {
             shared: Arc::clone(shared),
             target: Target::Stream { slot, generation },
+            tls,
         }
     }
 
@@ -118,6 +141,7 @@ impl Connection {
         Connection {
             shared: Arc::clone(shared),
             target: Target::Datagram(to),
+            tls: None,
         }
     }
 }
@@ -160,6 +184,27 @@ impl Connection {
             }
             Target::Datagram(_) => Ok(()),
         }
+    }
+
+    /// The TLS version negotiated (`"TLSv1.2"`, `"TLSv1.3"`), None without TLS.
+    #[getter]
+    fn tls_version(&self) -> Option<&'static str> {
+        self.tls.as_ref().and_then(|tls| tls.version)
+    }
+
+    /// The ALPN protocol negotiated, None if none was (or without TLS).
+    #[getter]
+    fn alpn_protocol(&self) -> Option<&str> {
+        self.tls
+            .as_ref()
+            .and_then(|tls| tls.alpn_protocol.as_deref())
+    }
+
+    /// The DER bytes of the client's certificate, when it presented one.
+    #[getter]
+    fn peer_certificate<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        let der = self.tls.as_ref()?.peer_certificate.as_deref()?;
+        Some(PyBytes::new(py, der))
     }
 
     /// Internal: a worker thread is done with this connection's batch of messages (or with
@@ -265,8 +310,9 @@ pub struct Session {
 pub struct Reactor {
     shared: Arc<Shared>,
     latch: ShutdownLatch,
-    /// Open connections between serving calls (a call takes them out while it runs).
-    conns: Mutex<Option<Slab<Conn<Handler>>>>,
+    /// Open connections (and TLS handshakes) between serving calls (a call takes them out
+    /// while it runs).
+    conns: Mutex<Option<(Slab<Conn<Handler>>, Handshakes)>>,
     generation: AtomicU64,
     /// `shutdown(timeout)`'s drain window in ms, plus one (0: none asked for).
     drain_ms: AtomicU64,
@@ -435,11 +481,12 @@ impl Reactor {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .take();
-                let conns = conns.unwrap_or_default();
-                let mut lp = StreamLoop::new(self, session, settings, conns, submit);
+                let (conns, handshakes) = conns.unwrap_or_default();
+                let mut lp = StreamLoop::new(self, session, settings, conns, handshakes, submit);
                 let served = lp.run(server, handler_class);
-                let (session, conns) = lp.into_parts(py);
-                *self.conns.lock().unwrap_or_else(PoisonError::into_inner) = Some(conns);
+                let (session, conns, handshakes) = lp.into_parts(py);
+                *self.conns.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((conns, handshakes));
                 (session, served)
             };
             let closed = self.close_session(py, session);
@@ -497,13 +544,22 @@ impl Reactor {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let Some(mut conns) = conns else {
+        let Some((mut conns, mut handshakes)) = conns else {
             return Ok(());
         };
+        for slot in handshakes.slots() {
+            drop(handshakes.remove(slot));
+            Counters::bump(&self.shared.stats.closed);
+        }
         let slots: Vec<usize> = conns.indices().collect();
         let mut first_error = None;
         for slot in slots {
-            if let Some(conn) = conns.remove(slot) {
+            if let Some(mut conn) = conns.remove(slot) {
+                if conn.tls.is_some() {
+                    // One try at a close_notify (and what was queued), without waiting.
+                    conn.closing = true;
+                    let _ = conn.flush();
+                }
                 if let Err(err) = finish(server, &conn.handler) {
                     first_error.get_or_insert(err);
                 }
@@ -540,7 +596,64 @@ impl Reactor {
             errors.set_item(class, count)?;
         }
         dict.set_item("accept_errors", errors)?;
+        dict.set_item("tls_handshakes", Counters::get(&stats.tls_handshakes))?;
+        let failures = pyo3::types::PyDict::new(py);
+        for (class, count) in stats.tls_failures() {
+            failures.set_item(class, count)?;
+        }
+        dict.set_item("tls_handshake_failures", failures)?;
         Ok(dict)
+    }
+
+    /// Load the TLS configuration the server's `tls_*` attributes name (checked whole
+    /// before anything changes) and use it for connections accepted from now on;
+    /// `TLSConfigError` if it cannot be used, the configuration in use staying as it was.
+    #[pyo3(signature = (
+        certfile, keyfile, client_ca, require_client_cert, alpn_protocols, min_version,
+        handshake_timeout
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn configure_tls(
+        &self,
+        py: Python<'_>,
+        certfile: PathBuf,
+        keyfile: Option<PathBuf>,
+        client_ca: Option<PathBuf>,
+        require_client_cert: bool,
+        alpn_protocols: Vec<String>,
+        min_version: String,
+        handshake_timeout: Option<f64>,
+    ) -> PyResult<()> {
+        if handshake_timeout.is_some_and(|t| t.is_nan() || t <= 0.0) {
+            return Err(TLSConfigError::new_err(format!(
+                "tls_handshake_timeout: expected a positive number of seconds or None, got {}",
+                handshake_timeout.unwrap_or_default()
+            )));
+        }
+        let options = TlsOptions {
+            certfile,
+            keyfile,
+            client_ca,
+            require_client_cert,
+            alpn_protocols: alpn_protocols.into_iter().map(String::into_bytes).collect(),
+            min_version,
+        };
+        let config = detach(py, || crate::tls::load(&options)).map_err(|e| tls_error(py, e))?;
+        *self
+            .shared
+            .tls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(TlsServer {
+            config,
+            handshake_timeout: duration_from_secs(handshake_timeout),
+        });
+        Ok(())
+    }
+
+    /// Whether connections are served over TLS.
+    #[getter]
+    fn tls_enabled(&self) -> bool {
+        self.shared.tls_server().is_some()
     }
 
     /// Connections currently open.
@@ -550,13 +663,22 @@ impl Reactor {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .map_or(0, Slab::len)
+            .map_or(0, |(conns, handshakes)| conns.len() + handshakes.len())
     }
 
     #[getter]
     fn shutdown_requested(&self) -> bool {
         self.latch.is_requested()
     }
+}
+
+/// A `TLSConfigError` for `err`, with the `OSError` behind it as its `__cause__`.
+fn tls_error(py: Python<'_>, err: ConfigError) -> PyErr {
+    let error = TLSConfigError::new_err(err.message);
+    if let Some(source) = &err.source {
+        error.set_cause(py, Some(os_error(source)));
+    }
+    error
 }
 
 /// Call a stream handler's `finish()`, reporting an exception from it.

@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::tls::Failure;
+
 /// The errno classes accept (or receive) failures are counted under, in report order; the
 /// last one, `other`, takes every errno not listed. `EAGAIN`/`EINTR` are not failures (the
 /// client went elsewhere, or a signal came) and are not counted.
@@ -40,6 +42,9 @@ pub struct Counters {
     /// Reactor: connections closed by the idle timeout.
     pub idle_timeouts: AtomicU64,
     accept_errors: [AtomicU64; ACCEPT_ERROR_CLASSES.len() + 1],
+    /// Reactor with TLS: handshakes completed, and failed ones by `Failure` class.
+    pub tls_handshakes: AtomicU64,
+    tls_failures: [AtomicU64; Failure::ALL.len()],
 }
 
 impl Counters {
@@ -67,6 +72,20 @@ impl Counters {
             .position(|&(_, known)| known == errno)
             .unwrap_or(ACCEPT_ERROR_CLASSES.len());
         Counters::bump(&self.accept_errors[class]);
+    }
+
+    /// Count a failed TLS handshake.
+    pub fn tls_failure(&self, class: Failure) {
+        Counters::bump(&self.tls_failures[class as usize]);
+    }
+
+    /// `(class, count)` for every TLS handshake failure class.
+    pub fn tls_failures(&self) -> Vec<(&'static str, u64)> {
+        Failure::ALL
+            .iter()
+            .zip(&self.tls_failures)
+            .map(|(class, count)| (class.name(), Counters::get(count)))
+            .collect()
     }
 
     /// `(class, count)` for every errno class, `other` last.
@@ -99,6 +118,23 @@ mod tests {
         assert_eq!(errors[1], ("ENFILE", 1));
         assert_eq!(errors.last(), Some(&("other", 1)));
         assert_eq!(errors.iter().map(|(_, n)| n).sum::<u64>(), 4);
+    }
+
+    #[test]
+    fn tls_failures_are_counted_by_class() {
+        let counters = Counters::default();
+        counters.tls_failure(Failure::Timeout);
+        counters.tls_failure(Failure::Certificate);
+        counters.tls_failure(Failure::Certificate);
+        assert_eq!(
+            counters.tls_failures(),
+            vec![
+                ("timeout", 1),
+                ("closed", 0),
+                ("protocol", 0),
+                ("certificate", 2)
+            ]
+        );
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //!
 //! With worker threads, messages are handed to `submit` in batches, one batch in flight per
 //! connection so its messages are handled in order; replies come back through `send()`.
+//!
+//! TLS: an accepted connection first joins the handshakes (`handshakes.rs`), driven in the
+//! GIL-free half and given up after the handshake timeout; only a finished handshake makes
+//! a handler. Handshakes count toward `max_connections`.
 
 use std::ops::Range;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -29,6 +33,7 @@ use crate::deadline::AcceptBackoff;
 use crate::errors::os_error;
 use crate::finalize::{self, detach};
 use crate::framing::{Decoder, encode};
+use crate::handshakes::{HANDSHAKE_SOURCE, Handshakes};
 use crate::net::{PeerAddress, is_descriptor_exhaustion};
 use crate::reactor::{
     Command, Connection, Handler, Reactor, Session, Settings, bytes_of, finish, framing_error,
@@ -36,6 +41,8 @@ use crate::reactor::{
 };
 use crate::stats::Counters;
 use crate::sys;
+use crate::tls::{Failure, TlsServer};
+use crate::tls_stream::{Progress, TlsStream};
 
 const SCRATCH: usize = 64 * 1024;
 /// Bytes read from one connection per turn before others get their go.
@@ -63,7 +70,11 @@ pub struct StreamLoop<'r> {
     arena: Vec<u8>,
     messages: Vec<(usize, Range<usize>)>,
     troubles: Vec<(usize, Trouble)>,
-    accepted: Vec<(OwnedFd, PeerAddress)>,
+    /// Connections ready for a handler: just accepted, or (TLS) with a finished handshake.
+    accepted: Vec<(OwnedFd, PeerAddress, Option<Box<TlsStream>>)>,
+    /// TLS connections still handshaking, and those of them with something to do now.
+    handshakes: Handshakes,
+    to_handshake: Vec<usize>,
     /// Connections with input left to read.
     to_read: Vec<usize>,
     /// Connections with output left to write.
@@ -88,6 +99,7 @@ impl<'r> StreamLoop<'r> {
         session: Session,
         settings: Settings,
         conns: Slab<Conn<Handler>>,
+        handshakes: Handshakes,
         submit: Option<Py<PyAny>>,
     ) -> Self {
         let mut lp = StreamLoop {
@@ -100,6 +112,8 @@ impl<'r> StreamLoop<'r> {
             messages: Vec::new(),
             troubles: Vec::new(),
             accepted: Vec::new(),
+            handshakes,
+            to_handshake: Vec::new(),
             to_read: Vec::new(),
             to_flush: Vec::new(),
             to_close: Vec::new(),
@@ -125,11 +139,26 @@ impl<'r> StreamLoop<'r> {
             lp.to_read.push(slot);
             conn.readable = true;
         }
+        for slot in lp.handshakes.slots() {
+            let pending = lp.handshakes.get_mut(slot).expect("listed slot");
+            let (fd, source) = (pending.fd(), HANDSHAKE_SOURCE + slot);
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if lp.session.poller.register(fd, source, interest).is_err() {
+                let _ = lp.session.poller.reregister(fd, source, interest);
+            }
+            pending.wants_writable = true;
+            lp.to_handshake.push(slot);
+        }
         lp
     }
 
-    pub fn into_parts(self, _py: Python<'_>) -> (Session, Slab<Conn<Handler>>) {
-        (self.session, self.conns)
+    pub fn into_parts(self, _py: Python<'_>) -> (Session, Slab<Conn<Handler>>, Handshakes) {
+        (self.session, self.conns, self.handshakes)
+    }
+
+    /// Connections open, handshaking or waiting for a handler: what `max_connections` counts.
+    fn open_count(&self) -> usize {
+        self.conns.len() + self.handshakes.len() + self.accepted.len()
     }
 
     pub fn run(
@@ -142,7 +171,7 @@ impl<'r> StreamLoop<'r> {
         while !latch.is_requested() {
             let timeout = self.next_timeout();
             let listening =
-                !self.backoff.is_paused() && self.conns.len() < self.settings.max_connections;
+                !self.backoff.is_paused() && self.open_count() < self.settings.max_connections;
             detach(py, || self.io_half(timeout, listening)).map_err(|e| os_error(&e))?;
             py.check_signals()?;
             self.python_half(server, handler_class)?;
@@ -180,6 +209,7 @@ impl<'r> StreamLoop<'r> {
     fn has_work_in_flight(&self) -> bool {
         !self.to_read.is_empty()
             || !self.accepted.is_empty()
+            || !self.handshakes.is_empty()
             || self.conns.indices().any(|slot| {
                 self.conns.get(slot).is_some_and(|c| {
                     c.handler.in_flight || !c.handler.backlog.is_empty() || c.awaits_request()
@@ -187,15 +217,18 @@ impl<'r> StreamLoop<'r> {
             })
     }
 
-    fn next_timeout(&self) -> Option<Duration> {
+    fn next_timeout(&mut self) -> Option<Duration> {
         if !self.to_read.is_empty() || !self.accepted.is_empty() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        let idle = self
-            .next_idle_check
-            .map(|at| at.saturating_duration_since(now));
-        self.backoff.cap(idle)
+        let handshake = self.handshakes.next_deadline();
+        let next = match (self.next_idle_check, handshake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.backoff
+            .cap(next.map(|at| at.saturating_duration_since(now)))
     }
 
     /// The GIL-free half of a turn.
@@ -215,6 +248,10 @@ impl<'r> StreamLoop<'r> {
             self.accept_batch();
         }
         for ready in self.session.poller.ready() {
+            if ready.source >= HANDSHAKE_SOURCE {
+                self.to_handshake.push(ready.source - HANDSHAKE_SOURCE);
+                continue;
+            }
             let Some(conn) = self.conns.get_mut(ready.source) else {
                 continue;
             };
@@ -226,21 +263,113 @@ impl<'r> StreamLoop<'r> {
                 self.to_flush.push(ready.source);
             }
         }
+        for slot in std::mem::take(&mut self.to_handshake) {
+            self.advance_handshake(slot);
+        }
+        self.expire_handshakes();
         self.read_ready();
         Ok(())
+    }
+
+    /// TLS: start the handshake of a connection just accepted (the ClientHello is often
+    /// there already).
+    fn start_handshake(&mut self, fd: OwnedFd, peer: PeerAddress, tls: &TlsServer) {
+        let stats = &self.reactor.shared().stats;
+        let stream = match TlsStream::new(Arc::clone(&tls.config)) {
+            Ok(stream) => Box::new(stream),
+            Err(_) => {
+                stats.tls_failure(Failure::Protocol);
+                Counters::bump(&stats.closed);
+                return;
+            }
+        };
+        let deadline = tls.handshake_timeout.map(|t| Instant::now() + t);
+        let raw_fd = fd.as_raw_fd();
+        let slot = self.handshakes.insert(fd, peer, stream, deadline);
+        let source = HANDSHAKE_SOURCE + slot;
+        if self
+            .session
+            .poller
+            .register(raw_fd, source, Interest::READABLE)
+            .is_err()
+        {
+            drop(self.handshakes.remove(slot));
+            stats.tls_failure(Failure::Closed);
+            Counters::bump(&stats.closed);
+            return;
+        }
+        self.advance_handshake(slot);
+    }
+
+    /// Take a handshake as far as it goes: a finished one waits for its handler in
+    /// `accepted`, a failed one is counted and closed.
+    fn advance_handshake(&mut self, slot: usize) {
+        let stats = &self.reactor.shared().stats;
+        let Some(pending) = self.handshakes.get_mut(slot) else {
+            return;
+        };
+        let fd = pending.fd();
+        match pending.stream.handshake(fd, stats) {
+            Progress::Pending => {
+                // Our side of the handshake did not fit the socket: write the rest when it can.
+                let wants = pending.stream.pending_wire() > 0;
+                if wants != pending.wants_writable {
+                    pending.wants_writable = wants;
+                    let interest = if wants {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    let _ = self
+                        .session
+                        .poller
+                        .reregister(fd, HANDSHAKE_SOURCE + slot, interest);
+                }
+            }
+            Progress::Done => {
+                let pending = self.handshakes.remove(slot).expect("checked above");
+                Counters::bump(&stats.tls_handshakes);
+                self.accepted
+                    .push((pending.fd, pending.peer, Some(pending.stream)));
+            }
+            Progress::Failed(class) => {
+                drop(self.handshakes.remove(slot)); // closes the socket
+                stats.tls_failure(class);
+                Counters::bump(&stats.closed);
+            }
+        }
+    }
+
+    /// Close the handshakes that ran out of time.
+    fn expire_handshakes(&mut self) {
+        if self.handshakes.is_empty() {
+            return;
+        }
+        let stats = &self.reactor.shared().stats;
+        let now = Instant::now();
+        while let Some(pending) = self.handshakes.pop_expired(now) {
+            drop(pending);
+            stats.tls_failure(Failure::Timeout);
+            Counters::bump(&stats.closed);
+        }
     }
 
     fn accept_batch(&mut self) {
         let room = self
             .settings
             .max_connections
-            .saturating_sub(self.conns.len());
+            .saturating_sub(self.open_count());
+        // Read once per batch: a reload swaps it for later batches.
+        let tls = self.reactor.shared().tls_server();
         for _ in 0..ACCEPT_BATCH.min(room) {
             match sys::accept_nonblocking(self.session.listener) {
-                Ok(accepted) => {
+                Ok((fd, peer)) => {
                     self.backoff.succeeded();
                     Counters::bump(&self.reactor.shared().stats.acquired);
-                    self.accepted.push(accepted);
+                    match &tls {
+                        None => self.accepted.push((fd, peer, None)),
+                        Some(tls) => self.start_handshake(fd, peer, tls),
+                    }
                 }
                 Err(err) => {
                     if let Some(errno) = err.raw_os_error() {
@@ -266,6 +395,7 @@ impl<'r> StreamLoop<'r> {
             messages,
             troubles,
             to_read,
+            to_flush,
             ended,
             ..
         } = self;
@@ -291,6 +421,9 @@ impl<'r> StreamLoop<'r> {
             }
             if conn.read_closed {
                 ended.push(slot);
+            }
+            if conn.has_records_to_send() {
+                to_flush.push(slot);
             }
         }
         *to_read = again;
@@ -323,8 +456,7 @@ impl<'r> StreamLoop<'r> {
                 }
                 Err(_) => {
                     // The peer is gone: drop what cannot be delivered and close.
-                    conn.output().clear();
-                    let _ = conn.flush();
+                    conn.discard_output();
                     conn.closing = true;
                     self.troubles.push((slot, Trouble::Failed));
                 }
@@ -367,11 +499,12 @@ impl<'r> StreamLoop<'r> {
     ) -> PyResult<()> {
         let py = server.py();
         let shared = self.reactor.shared();
-        for (fd, peer) in std::mem::take(&mut self.accepted) {
+        for (fd, peer, tls) in std::mem::take(&mut self.accepted) {
             let address = peer_to_python(py, &peer)?.unbind();
             let slot = self.conns.next_index();
             let generation = self.reactor.next_generation();
-            let connection = Connection::for_stream(shared, slot, generation);
+            let info = tls.as_ref().map(|stream| stream.info());
+            let connection = Connection::for_stream(shared, slot, generation, info);
             let made = finalize::call(handler_class, (connection, address.clone_ref(py), server))
                 .and_then(|object| {
                     let handle_message = object.getattr(intern!(py, "handle_message"))?;
@@ -395,13 +528,20 @@ impl<'r> StreamLoop<'r> {
             let raw_fd = fd.as_raw_fd();
             let mut conn = Conn::new(fd, generation, decoder, handler);
             conn.stats = Some(Arc::clone(&shared.stats));
+            // A TLS connection is registered already, under its handshake's source.
+            let registered = if tls.is_some() {
+                self.session
+                    .poller
+                    .reregister(raw_fd, slot, Interest::READABLE)
+            } else {
+                self.session
+                    .poller
+                    .register(raw_fd, slot, Interest::READABLE)
+            };
+            conn.tls = tls;
             let inserted = self.conns.insert(conn);
             debug_assert_eq!(inserted, slot);
-            if let Err(err) = self
-                .session
-                .poller
-                .register(raw_fd, slot, Interest::READABLE)
-            {
+            if let Err(err) = registered {
                 let conn = self.conns.remove(slot).expect("just inserted");
                 report(
                     server,
@@ -415,6 +555,9 @@ impl<'r> StreamLoop<'r> {
             let conn = self.conns.get_mut(slot).expect("just inserted");
             conn.readable = true;
             self.to_read.push(slot);
+            if conn.pending_output() > 0 {
+                self.to_flush.push(slot); // the end of a handshake the socket did not take
+            }
         }
         Ok(())
     }
@@ -634,8 +777,7 @@ impl<'r> StreamLoop<'r> {
                 Trouble::Failed => {
                     self.stop(py, slot);
                     let conn = self.conns.get_mut(slot).expect("checked above");
-                    conn.output().clear();
-                    let _ = conn.flush();
+                    conn.discard_output();
                 }
                 // Messages before the bad one still get handled and answered; then close.
                 Trouble::Framing(message) => {

@@ -18,7 +18,7 @@ from ._activation import listen_fds, sd_notify
 from ._handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from ._mixins import ThreadingMixIn, ThreadingTCPServer, ThreadingUDPServer
 from ._pool import ThreadPoolMixIn, ThreadPoolTCPServer, ThreadPoolUDPServer
-from ._reactor import MessageHandler, ReactorTCPServer, ReactorUDPServer
+from ._reactor import MessageHandler, ReactorTCPServer, ReactorUDPServer, TLSConfigError
 from ._servers import BaseServer, TCPServer, UDPServer
 from ._stdlib import install
 
@@ -40,6 +40,7 @@ __all__ = [
     "MessageHandler",
     "ReactorTCPServer",
     "ReactorUDPServer",
+    "TLSConfigError",
     "install",
     # Socket activation (systemd's LISTEN_FDS) and service-manager notifications.
     "listen_fds",

@@ -17,6 +17,7 @@ __all__ = [
     "Reactor",
     "SocketReader",
     "Supervisor",
+    "TLSConfigError",
     "WorkerPool",
     "platform_paths",
 ]
@@ -101,6 +102,20 @@ class Reactor:
     def request_stop(self, timeout: float | None = None) -> None: ...
     def retire_after(self, requests: int, timeout: float | None = None) -> None: ...
     def close_all(self, server: Any) -> None: ...
+    @property
+    def tls_enabled(self) -> bool: ...
+    def configure_tls(
+        self,
+        certfile: str,
+        keyfile: str | None,
+        client_ca: str | None,
+        require_client_cert: bool,
+        alpn_protocols: list[str],
+        min_version: str,
+        handshake_timeout: float | None,
+    ) -> None:
+        """Load the TLS files and use them for connections accepted from now on (raises
+        ``TLSConfigError``, keeping the configuration in use, if they cannot be used)."""
 
 # Made only by the reactor (no constructor from Python).
 @final
@@ -110,6 +125,18 @@ class Connection:
     def send(self, data: Buffer) -> None: ...
     def close(self) -> None: ...
     def batch_done(self) -> None: ...
+    @property
+    def tls_version(self) -> str | None:
+        """``"TLSv1.2"`` or ``"TLSv1.3"``; None without TLS."""
+    @property
+    def alpn_protocol(self) -> str | None: ...
+    @property
+    def peer_certificate(self) -> bytes | None:
+        """DER of the client's certificate, when it presented one."""
+
+class TLSConfigError(ValueError):
+    """A TLS configuration that cannot be used: the message names the attribute, the file
+    and the problem."""
 
 def platform_paths() -> Literal["linux", "portable"]:
     """Which platform paths this process uses: ``"linux"`` or ``"portable"``.

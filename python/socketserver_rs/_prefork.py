@@ -197,7 +197,20 @@ class _Arbiter:
             traceback.print_exc()
 
     def reload(self) -> None:
-        """New children first, then a graceful stop of the old ones; the listener stays."""
+        """New children first, then a graceful stop of the old ones; the listener stays.
+        A TLS server re-reads its certificates first, so the new children serve them; if
+        that fails, the error goes to stderr and the children are replaced all the same,
+        with the certificates they had."""
+        reload_tls = getattr(self.server, "reload_tls", None)
+        if reload_tls is not None and getattr(self.server, "tls_certfile", None) is not None:
+            try:
+                reload_tls()
+            except ValueError as err:
+                print(
+                    f"socketserver_rs: reloading TLS certificates failed, keeping the old "
+                    f"ones: {err}",
+                    file=sys.stderr,
+                )
         old = self.live()
         for child in old:
             self.spawn(child.index)
@@ -337,10 +350,11 @@ class PreforkMixIn(_MixInBase):
     the exit code, negative for a signal, as ``os.waitstatus_to_exitcode`` gives it).
 
     Signals to the parent (when ``serve_forever()`` runs on the main thread): SIGTERM stops
-    gracefully, SIGINT at once, SIGHUP reloads (new children, then the old ones stop
-    gracefully), SIGTTIN / SIGTTOU add or remove a worker. ``shutdown(timeout=None)`` from
-    another thread stops gracefully (``timeout`` overriding ``graceful_timeout``) and returns
-    once every child has ended.
+    gracefully, SIGINT at once, SIGHUP reloads (a TLS reactor server re-reads its
+    certificates, then new children start and the old ones stop gracefully), SIGTTIN /
+    SIGTTOU add or remove a worker. ``shutdown(timeout=None)`` from another thread stops
+    gracefully (``timeout`` overriding ``graceful_timeout``) and returns once every child
+    has ended.
     """
 
     workers: int = default_workers()

@@ -10,9 +10,17 @@ By default handlers run on the serving thread, one message at a time, so
 ``handle_message()`` must not block. For handlers that do block, set ``handler_threads``:
 messages then go to a bounded pool of worker threads, still in order for each connection,
 and replies are sent through ``send()``, which works from any thread.
+
+Stream servers speak TLS when ``tls_certfile`` is set: the engine terminates it (rustls),
+handlers see plaintext messages framed as without TLS, and a handler is made only once the
+handshake has finished.
 """
 
+import enum
+import os
 import socket
+import ssl
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Self
 
 from . import _activation, _core
@@ -21,7 +29,21 @@ from ._pool import Workers
 from ._servers import TCPServer, print_request_error
 from ._stats import reactor_stats
 
-__all__ = ["MessageHandler", "ReactorTCPServer", "ReactorUDPServer"]
+__all__ = ["MessageHandler", "ReactorTCPServer", "ReactorUDPServer", "TLSConfigError"]
+
+TLSConfigError = _core.TLSConfigError
+
+_TLS_VERSIONS = {ssl.TLSVersion.TLSv1_2: "1.2", ssl.TLSVersion.TLSv1_3: "1.3"}
+
+
+class _Inherit(enum.Enum):
+    """A TLS keyword not given: the class attribute applies."""
+
+    CLASS_ATTRIBUTE = enum.auto()
+
+
+_FROM_CLASS = _Inherit.CLASS_ATTRIBUTE
+_PathArg = str | os.PathLike[str] | None
 
 
 class MessageHandler:
@@ -89,16 +111,58 @@ class _ReactorServer:
     handler_threads: int = 0
     #: Seconds an idle handler thread waits for work before it exits.
     worker_idle_timeout: float | None = 10.0
+    #: TLS (stream servers), on when ``tls_certfile`` is set. PEM certificate chain, leaf
+    #: first (it may hold the private key too).
+    tls_certfile: _PathArg = None
+    #: PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC); None: in ``tls_certfile``.
+    tls_keyfile: _PathArg = None
+    #: PEM CA bundle: clients are asked for a certificate signed by one of these (mTLS).
+    tls_client_ca: _PathArg = None
+    #: With ``tls_client_ca``: a client without a valid certificate is refused (False: the
+    #: certificate is optional, but one presented must verify).
+    tls_require_client_cert: bool = True
+    #: ALPN protocol names, in the server's order of preference.
+    tls_alpn_protocols: Iterable[str] = ()
+    #: The oldest TLS version accepted: "1.2" or "1.3" (or an ``ssl.TLSVersion``).
+    tls_min_version: str | ssl.TLSVersion = "1.2"
+    #: Seconds from accept to a finished handshake, after which the connection is closed.
+    tls_handshake_timeout: float | None = 10.0
 
     def __init__(
         self,
         server_address: Any,
         RequestHandlerClass: type[MessageHandler],
         bind_and_activate: bool = True,
+        *,
+        tls_certfile: _PathArg | _Inherit = _FROM_CLASS,
+        tls_keyfile: _PathArg | _Inherit = _FROM_CLASS,
+        tls_client_ca: _PathArg | _Inherit = _FROM_CLASS,
+        tls_require_client_cert: bool | _Inherit = _FROM_CLASS,
+        tls_alpn_protocols: Iterable[str] | _Inherit = _FROM_CLASS,
+        tls_min_version: str | ssl.TLSVersion | _Inherit = _FROM_CLASS,
+        tls_handshake_timeout: float | None | _Inherit = _FROM_CLASS,
     ) -> None:
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
         self._rs_reactor = _core.Reactor()
+        given = {
+            "tls_certfile": tls_certfile,
+            "tls_keyfile": tls_keyfile,
+            "tls_client_ca": tls_client_ca,
+            "tls_require_client_cert": tls_require_client_cert,
+            "tls_alpn_protocols": tls_alpn_protocols,
+            "tls_min_version": tls_min_version,
+            "tls_handshake_timeout": tls_handshake_timeout,
+        }
+        for name, value in given.items():
+            if value is not _FROM_CLASS:
+                setattr(self, name, value)
+        if self.tls_certfile is not None:
+            # Before the socket exists: a configuration that cannot be used leaves nothing
+            # open.
+            if self.socket_type != socket.SOCK_STREAM:
+                raise ValueError(f"{type(self).__name__} cannot use TLS: TLS needs a stream")
+            self._rs_configure_tls()
         self.socket = socket.socket(self.address_family, self.socket_type)
         if bind_and_activate:
             try:
@@ -123,6 +187,43 @@ class _ReactorServer:
         if self.socket_type == socket.SOCK_STREAM and not adopted_listening:
             self.socket.listen(self.request_queue_size)
         self.socket.setblocking(False)
+
+    def _rs_configure_tls(self) -> None:
+        min_version = self.tls_min_version
+        if isinstance(min_version, ssl.TLSVersion):
+            min_version = _TLS_VERSIONS.get(min_version, min_version.name)
+        alpn = self.tls_alpn_protocols
+        if isinstance(alpn, str | bytes):
+            raise TLSConfigError(
+                f"tls_alpn_protocols: expected a sequence of protocol names, got {alpn!r}"
+            )
+        protocols = list(alpn)
+        for protocol in protocols:
+            if not isinstance(protocol, str):
+                raise TLSConfigError(
+                    f"tls_alpn_protocols: protocol names are str, got {protocol!r}"
+                )
+        timeout = self.tls_handshake_timeout
+        certfile = _fspath("tls_certfile", self.tls_certfile)
+        if certfile is None:
+            raise TLSConfigError("tls_certfile: None; a TLS server needs a certificate")
+        self._rs_reactor.configure_tls(
+            certfile,
+            _fspath("tls_keyfile", self.tls_keyfile),
+            _fspath("tls_client_ca", self.tls_client_ca),
+            bool(self.tls_require_client_cert),
+            protocols,
+            str(min_version),
+            None if timeout is None else float(timeout),
+        )
+
+    def reload_tls(self) -> None:
+        """Re-read the TLS files the ``tls_*`` attributes name now: connections accepted
+        from now on use them, open ones keep theirs. On ``TLSConfigError`` the configuration
+        in use stays."""
+        if not self._rs_reactor.tls_enabled:
+            raise ValueError(f"TLS is not enabled on this {type(self).__name__}")
+        self._rs_configure_tls()
 
     def fileno(self) -> int:
         """The listening (or datagram) socket's descriptor."""
@@ -226,7 +327,8 @@ class _ReactorServer:
     def stats(self) -> dict[str, Any]:
         """Counters and gauges for operators: connections accepted (or datagrams received),
         active connections, messages handled, handler errors, accept errors by errno class,
-        bytes in and out, backpressure pauses, idle-timeout closes. See docs/stats.md."""
+        bytes in and out, backpressure pauses, idle-timeout closes, TLS handshakes and
+        their failures by reason. See docs/stats.md."""
         return reactor_stats(self)
 
     @property
@@ -246,6 +348,15 @@ class _ReactorServer:
     def __exit__(self, *exc_info: object) -> None:
         """Call ``server_close()``; exceptions from the block propagate."""
         self.server_close()
+
+
+def _fspath(attribute: str, path: _PathArg) -> str | None:
+    if path is None:
+        return None
+    try:
+        return os.fsdecode(path)
+    except TypeError:
+        raise TLSConfigError(f"{attribute}: expected a path, got {path!r}") from None
 
 
 class ReactorTCPServer(_ReactorServer):

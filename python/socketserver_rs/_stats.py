@@ -55,6 +55,8 @@ def reactor_stats(server: Any) -> dict[str, Any]:
     stats = _common(server, counters)
     for key in ("bytes_in", "bytes_out", "backpressure_pauses", "idle_timeouts"):
         stats[key] = counters[key]
+    stats["tls_handshakes"] = counters["tls_handshakes"]
+    stats["tls_handshake_failures"] = counters["tls_handshake_failures"]
     pool = _pool_stats(server)
     if pool is not None:
         stats["pool"] = pool
@@ -63,12 +65,12 @@ def reactor_stats(server: Any) -> dict[str, Any]:
 
 def format_stats(stats: dict[str, Any]) -> str:
     """One log line: ``key=value`` pairs, nested dicts flattened with dots, zero accept
-    error classes left out."""
+    error and TLS handshake failure classes left out."""
     parts = []
     for key, value in stats.items():
         if isinstance(value, dict):
             for inner, count in value.items():
-                if key == "accept_errors" and not count:
+                if key in ("accept_errors", "tls_handshake_failures") and not count:
                     continue
                 parts.append(f"{key}.{inner}={count}")
         else:
