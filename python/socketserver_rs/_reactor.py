@@ -140,7 +140,7 @@ class _ReactorServer:
         tls_require_client_cert: bool | _Inherit = _FROM_CLASS,
         tls_alpn_protocols: Iterable[str] | _Inherit = _FROM_CLASS,
         tls_min_version: str | ssl.TLSVersion | _Inherit = _FROM_CLASS,
-        tls_handshake_timeout: float | None | _Inherit = _FROM_CLASS,
+        tls_handshake_timeout: float | _Inherit | None = _FROM_CLASS,
     ) -> None:
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
