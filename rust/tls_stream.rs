@@ -254,6 +254,10 @@ impl TlsStream {
         closing: bool,
         stats: Option<&Counters>,
     ) -> io::Result<bool> {
+        if self.close_notify_queued {
+            // Nothing can follow a close_notify (a handler thread's send after its close).
+            *start = out.len();
+        }
         loop {
             if self.pending_wire() < SEAL_AHEAD && *start < out.len() {
                 let end = out.len().min(*start + SEAL_AHEAD);

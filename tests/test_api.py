@@ -32,6 +32,7 @@ DOCUMENTED_EXTRAS = {
     "ReactorUDPServer",
     "ReactorUnixStreamServer",
     "MessageHandler",
+    "TLSConfigError",
 }
 
 STDLIB_CLASSES = sorted(
