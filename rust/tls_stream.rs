@@ -167,6 +167,11 @@ impl TlsStream {
         };
         self.take_records();
         match self.send(fd, Some(stats)) {
+            Ok(true) if progress == Progress::Done => {
+                // An idle connection should not keep the handshake flight's buffer.
+                self.wire = Vec::new();
+                progress
+            }
             Ok(_) => progress,
             // The peer is gone; a failure already classified keeps its class.
             Err(_) if matches!(progress, Progress::Failed(_)) => progress,
