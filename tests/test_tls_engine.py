@@ -271,6 +271,26 @@ def test_a_server_side_close_sends_close_notify(serve, family):
     served.wait_stats(lambda s: s["active_connections"] == 0, "the close")
 
 
+@pytest.mark.parametrize("how", ["reset", "fin_without_close_notify"])
+def test_a_peer_that_vanishes_mid_stream_is_closed_quietly(serve, how, capsys):
+    handler = make_handler()
+    served = serve("tcp", handler)
+    client = served.tls()
+    client.sendall(b"one\n")
+    assert recv_exactly(client, 4) == b"ONE\n"
+    raw = socket.socket(fileno=client.detach())  # the TCP socket, without TLS's goodbye
+    if how == "reset":
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+    served.wait_stats(lambda s: s["active_connections"] == 0, "the close")
+    assert handler.events.count("finish") == 1
+    assert served.stats()["handler_errors"] == 0
+    assert "Traceback" not in capsys.readouterr().err
+    other = served.tls()
+    other.sendall(b"two\n")
+    assert recv_exactly(other, 4) == b"TWO\n"
+
+
 def test_idle_timeout_holds_over_tls_and_closes_with_close_notify(serve):
     idle = 0.3
     handler = make_handler()

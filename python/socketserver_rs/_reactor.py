@@ -204,6 +204,13 @@ class _ReactorServer:
                     f"tls_alpn_protocols: protocol names are str, got {protocol!r}"
                 )
         timeout = self.tls_handshake_timeout
+        if timeout is not None:
+            try:
+                timeout = float(timeout)
+            except (TypeError, ValueError):
+                raise TLSConfigError(
+                    f"tls_handshake_timeout: expected a number of seconds or None, got {timeout!r}"
+                ) from None
         certfile = _fspath("tls_certfile", self.tls_certfile)
         if certfile is None:
             raise TLSConfigError("tls_certfile: None; a TLS server needs a certificate")
@@ -214,7 +221,7 @@ class _ReactorServer:
             bool(self.tls_require_client_cert),
             protocols,
             str(min_version),
-            None if timeout is None else float(timeout),
+            timeout,
         )
 
     def reload_tls(self) -> None:
