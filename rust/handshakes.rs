@@ -1,16 +1,27 @@
 //! Connections of a TLS server whose handshake has not finished: each one's socket, peer
 //! address and TLS state, in a slab of their own (no handler exists yet, so they cost no
-//! Python), with their deadlines in accept order so the oldest is found first.
+//! Python), with their deadlines in accept order so the oldest is found first; and driving
+//! them (the stream loop calls this in its GIL-free half): a finished handshake is handed
+//! back for a handler, a failed or late one is counted by class and closed.
 //!
 //! Needs no Python; tested with `cargo test`.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Instant;
+
+use mio::Interest;
 
 use crate::connections::Slab;
 use crate::net::PeerAddress;
-use crate::tls_stream::TlsStream;
+use crate::poller::Poller;
+use crate::stats::Counters;
+use crate::tls::{Failure, TlsServer};
+use crate::tls_stream::{Progress, TlsStream};
+
+/// A connection whose handshake finished, ready for a handler.
+pub type Finished = (OwnedFd, PeerAddress, Option<Box<TlsStream>>);
 
 /// Poller sources at and above this one are handshakes (`source - HANDSHAKE_SOURCE` is the
 /// slot); those below are established connections.
@@ -90,6 +101,80 @@ impl Handshakes {
         self.slab.get(slot).is_some_and(|p| p.serial == serial)
     }
 
+    /// Start the handshake of a connection just accepted, and take it as far as it goes
+    /// now (the ClientHello is often there already).
+    pub fn start(
+        &mut self,
+        fd: OwnedFd,
+        peer: PeerAddress,
+        tls: &TlsServer,
+        poller: &Poller,
+        stats: &Counters,
+    ) -> Option<Finished> {
+        let Ok(stream) = TlsStream::new(Arc::clone(&tls.config)) else {
+            stats.tls_failure(Failure::Protocol);
+            Counters::bump(&stats.closed);
+            return None;
+        };
+        let deadline = tls.handshake_timeout.map(|t| Instant::now() + t);
+        let raw_fd = fd.as_raw_fd();
+        let slot = self.insert(fd, peer, Box::new(stream), deadline);
+        if poller
+            .register(raw_fd, HANDSHAKE_SOURCE + slot, Interest::READABLE)
+            .is_err()
+        {
+            drop(self.remove(slot));
+            stats.tls_failure(Failure::Closed);
+            Counters::bump(&stats.closed);
+            return None;
+        }
+        self.advance(slot, poller, stats)
+    }
+
+    /// Take the handshake in `slot` as far as the socket allows: a finished one is returned
+    /// (still registered with `poller` under its handshake source), a failed one is counted
+    /// and closed.
+    pub fn advance(&mut self, slot: usize, poller: &Poller, stats: &Counters) -> Option<Finished> {
+        let pending = self.slab.get_mut(slot)?;
+        let fd = pending.fd();
+        match pending.stream.handshake(fd, stats) {
+            Progress::Pending => {
+                // Our side of the handshake did not fit the socket: write the rest when it can.
+                let wants = pending.stream.pending_wire() > 0;
+                if wants != pending.wants_writable {
+                    pending.wants_writable = wants;
+                    let interest = if wants {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    let _ = poller.reregister(fd, HANDSHAKE_SOURCE + slot, interest);
+                }
+                None
+            }
+            Progress::Done => {
+                let pending = self.slab.remove(slot)?;
+                Counters::bump(&stats.tls_handshakes);
+                Some((pending.fd, pending.peer, Some(pending.stream)))
+            }
+            Progress::Failed(class) => {
+                drop(self.slab.remove(slot)); // closes the socket
+                stats.tls_failure(class);
+                Counters::bump(&stats.closed);
+                None
+            }
+        }
+    }
+
+    /// Close the handshakes whose deadline has passed by `now`.
+    pub fn expire(&mut self, now: Instant, stats: &Counters) {
+        while let Some(pending) = self.pop_expired(now) {
+            drop(pending);
+            stats.tls_failure(Failure::Timeout);
+            Counters::bump(&stats.closed);
+        }
+    }
+
     /// The earliest deadline of a handshake still going.
     pub fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(&(slot, serial, deadline)) = self.deadlines.front() {
@@ -134,6 +219,75 @@ mod tests {
             handshakes.insert(ours.into(), peer, stream, deadline),
             theirs,
         )
+    }
+
+    fn server() -> TlsServer {
+        TlsServer {
+            config: load(&server_options()).unwrap(),
+            handshake_timeout: Some(Duration::from_secs(60)),
+        }
+    }
+
+    #[test]
+    fn garbage_is_counted_and_closed_and_a_real_client_is_handed_back() {
+        use crate::tls_stream::tests::{client, pump};
+        use std::io::{Read, Write};
+        let poller = Poller::new().unwrap();
+        let stats = Counters::default();
+        let mut handshakes = Handshakes::default();
+
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let peer = PeerAddress::Absent;
+        assert!(
+            handshakes
+                .start(ours.into(), peer, &server(), &poller, &stats)
+                .is_none()
+        );
+        assert!(handshakes.is_empty());
+        assert_eq!(stats.tls_failures()[2], ("protocol", 1));
+        assert_eq!(Counters::get(&stats.closed), 1);
+        let mut rest = Vec::new();
+        theirs.read_to_end(&mut rest).unwrap(); // an alert, then the end: closed
+
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut tls_client = client(&[], false);
+        pump(&mut tls_client, &mut theirs, &mut Vec::new()); // the ClientHello
+        let started =
+            handshakes.start(ours.into(), PeerAddress::Absent, &server(), &poller, &stats);
+        assert!(
+            started.is_none(),
+            "the server waits for the client's Finished"
+        );
+        assert_eq!(handshakes.len(), 1);
+        let slot = handshakes.slots()[0];
+        let mut finished = None;
+        for _ in 0..10 {
+            pump(&mut tls_client, &mut theirs, &mut Vec::new());
+            finished = handshakes.advance(slot, &poller, &stats);
+            if finished.is_some() {
+                break;
+            }
+        }
+        let (_, _, stream) = finished.expect("the handshake finished");
+        assert_eq!(stream.unwrap().info().version, Some("TLSv1.3"));
+        assert!(handshakes.is_empty());
+        assert_eq!(Counters::get(&stats.tls_handshakes), 1);
+        assert_eq!(Counters::get(&stats.closed), 1);
+    }
+
+    #[test]
+    fn expired_handshakes_are_counted_as_timeouts() {
+        let stats = Counters::default();
+        let mut handshakes = Handshakes::default();
+        let now = Instant::now();
+        let (_slot, _peer) = pending(&mut handshakes, Some(now));
+        handshakes.expire(now + Duration::from_millis(1), &stats);
+        assert!(handshakes.is_empty());
+        assert_eq!(stats.tls_failures()[0], ("timeout", 1));
+        assert_eq!(Counters::get(&stats.closed), 1);
     }
 
     #[test]

@@ -41,8 +41,7 @@ use crate::reactor::{
 };
 use crate::stats::Counters;
 use crate::sys;
-use crate::tls::{Failure, TlsServer};
-use crate::tls_stream::{Progress, TlsStream};
+use crate::tls_stream::TlsStream;
 
 const SCRATCH: usize = 64 * 1024;
 /// Bytes read from one connection per turn before others get their go.
@@ -263,95 +262,16 @@ impl<'r> StreamLoop<'r> {
                 self.to_flush.push(ready.source);
             }
         }
+        let stats = &self.reactor.shared().stats;
         for slot in std::mem::take(&mut self.to_handshake) {
-            self.advance_handshake(slot);
+            let poller = &self.session.poller;
+            if let Some(done) = self.handshakes.advance(slot, poller, stats) {
+                self.accepted.push(done);
+            }
         }
-        self.expire_handshakes();
+        self.handshakes.expire(Instant::now(), stats);
         self.read_ready();
         Ok(())
-    }
-
-    /// TLS: start the handshake of a connection just accepted (the ClientHello is often
-    /// there already).
-    fn start_handshake(&mut self, fd: OwnedFd, peer: PeerAddress, tls: &TlsServer) {
-        let stats = &self.reactor.shared().stats;
-        let stream = match TlsStream::new(Arc::clone(&tls.config)) {
-            Ok(stream) => Box::new(stream),
-            Err(_) => {
-                stats.tls_failure(Failure::Protocol);
-                Counters::bump(&stats.closed);
-                return;
-            }
-        };
-        let deadline = tls.handshake_timeout.map(|t| Instant::now() + t);
-        let raw_fd = fd.as_raw_fd();
-        let slot = self.handshakes.insert(fd, peer, stream, deadline);
-        let source = HANDSHAKE_SOURCE + slot;
-        if self
-            .session
-            .poller
-            .register(raw_fd, source, Interest::READABLE)
-            .is_err()
-        {
-            drop(self.handshakes.remove(slot));
-            stats.tls_failure(Failure::Closed);
-            Counters::bump(&stats.closed);
-            return;
-        }
-        self.advance_handshake(slot);
-    }
-
-    /// Take a handshake as far as it goes: a finished one waits for its handler in
-    /// `accepted`, a failed one is counted and closed.
-    fn advance_handshake(&mut self, slot: usize) {
-        let stats = &self.reactor.shared().stats;
-        let Some(pending) = self.handshakes.get_mut(slot) else {
-            return;
-        };
-        let fd = pending.fd();
-        match pending.stream.handshake(fd, stats) {
-            Progress::Pending => {
-                // Our side of the handshake did not fit the socket: write the rest when it can.
-                let wants = pending.stream.pending_wire() > 0;
-                if wants != pending.wants_writable {
-                    pending.wants_writable = wants;
-                    let interest = if wants {
-                        Interest::READABLE | Interest::WRITABLE
-                    } else {
-                        Interest::READABLE
-                    };
-                    let _ = self
-                        .session
-                        .poller
-                        .reregister(fd, HANDSHAKE_SOURCE + slot, interest);
-                }
-            }
-            Progress::Done => {
-                let pending = self.handshakes.remove(slot).expect("checked above");
-                Counters::bump(&stats.tls_handshakes);
-                self.accepted
-                    .push((pending.fd, pending.peer, Some(pending.stream)));
-            }
-            Progress::Failed(class) => {
-                drop(self.handshakes.remove(slot)); // closes the socket
-                stats.tls_failure(class);
-                Counters::bump(&stats.closed);
-            }
-        }
-    }
-
-    /// Close the handshakes that ran out of time.
-    fn expire_handshakes(&mut self) {
-        if self.handshakes.is_empty() {
-            return;
-        }
-        let stats = &self.reactor.shared().stats;
-        let now = Instant::now();
-        while let Some(pending) = self.handshakes.pop_expired(now) {
-            drop(pending);
-            stats.tls_failure(Failure::Timeout);
-            Counters::bump(&stats.closed);
-        }
     }
 
     fn accept_batch(&mut self) {
@@ -366,10 +286,15 @@ impl<'r> StreamLoop<'r> {
                 Ok((fd, peer)) => {
                     self.backoff.succeeded();
                     Counters::bump(&self.reactor.shared().stats.acquired);
-                    match &tls {
-                        None => self.accepted.push((fd, peer, None)),
-                        Some(tls) => self.start_handshake(fd, peer, tls),
-                    }
+                    let stats = &self.reactor.shared().stats;
+                    let done = match &tls {
+                        None => Some((fd, peer, None)),
+                        Some(tls) => {
+                            let poller = &self.session.poller;
+                            self.handshakes.start(fd, peer, tls, poller, stats)
+                        }
+                    };
+                    self.accepted.extend(done);
                 }
                 Err(err) => {
                     if let Some(errno) = err.raw_os_error() {
