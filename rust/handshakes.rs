@@ -114,7 +114,7 @@ impl Handshakes {
         let Ok(stream) = TlsStream::new(Arc::clone(&tls.config)) else {
             stats.tls_failure(Failure::Protocol);
             Counters::bump(&stats.closed);
-            return None;
+            return None; // `fd` closes here
         };
         let deadline = tls.handshake_timeout.map(|t| Instant::now() + t);
         let raw_fd = fd.as_raw_fd();
@@ -123,9 +123,9 @@ impl Handshakes {
             .register(raw_fd, HANDSHAKE_SOURCE + slot, Interest::READABLE)
             .is_err()
         {
-            drop(self.remove(slot));
             stats.tls_failure(Failure::Closed);
             Counters::bump(&stats.closed);
+            drop(self.remove(slot));
             return None;
         }
         self.advance(slot, poller, stats)
@@ -158,9 +158,10 @@ impl Handshakes {
                 Some((pending.fd, pending.peer, Some(pending.stream)))
             }
             Progress::Failed(class) => {
-                drop(self.slab.remove(slot)); // closes the socket
+                // Counted before the close, so a peer that sees the close sees the count.
                 stats.tls_failure(class);
                 Counters::bump(&stats.closed);
+                drop(self.slab.remove(slot)); // closes the socket
                 None
             }
         }
@@ -169,9 +170,9 @@ impl Handshakes {
     /// Close the handshakes whose deadline has passed by `now`.
     pub fn expire(&mut self, now: Instant, stats: &Counters) {
         while let Some(pending) = self.pop_expired(now) {
-            drop(pending);
             stats.tls_failure(Failure::Timeout);
             Counters::bump(&stats.closed);
+            drop(pending); // closes the socket
         }
     }
 
