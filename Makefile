@@ -29,7 +29,7 @@ print("\n".join(dep for name in sys.argv[1].split(",") for dep in extras[name]))
 endef
 export LIST_EXTRAS
 
-.PHONY: help venv build test test-portable check-platforms lint fmt demo bench soak fuzz wheel wheels clean
+.PHONY: help venv build test test-portable check-platforms lint fmt demo bench bench-tls soak fuzz wheel wheels clean
 
 help: ## Show this list of targets
 	@echo "usage: make TARGET   (PYTHON=$(PYTHON) makes the venv; PYTEST_ARGS, DEMO_ARGS, BENCH_ARGS, SOAK_ARGS pass options on)"
@@ -119,6 +119,11 @@ bench: $(BUILT) ## Run the benchmarks (benches/run.py, then benches/prefork); br
 	command -v wrk >/dev/null || ! command -v apt-get >/dev/null || apt-get install -y -qq wrk >/dev/null || true
 	$(PY) benches/run.py $(BENCH_ARGS)
 	$(PY) benches/prefork $(PREFORK_BENCH_ARGS) | tee benches/results/prefork.md
+
+bench-tls: $(BUILT) ## Run only the TLS benchmarks (run.py --only tls), merged into benches/results/latest.*
+	$(PY) -c "$$LIST_EXTRAS" bench > $(VENV)/bench-extras.txt
+	$(PIP) install --quiet -r $(VENV)/bench-extras.txt
+	$(PY) benches/run.py --only tls --merge $(BENCH_ARGS)
 
 soak: $(BUILT) ## Leak soak: 100,000 connection-per-request echoes per server family (~1-2 min)
 	$(PY) benches/soak.py $(SOAK_ARGS)

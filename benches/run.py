@@ -31,6 +31,7 @@ from harness.measure import (
     measure_c10k,
     measure_http,
     measure_throughput,
+    measure_tls_idle,
     run_rounds,
     shutdown_section,
 )
@@ -50,14 +51,20 @@ from harness.report import (
     http_table,
     merge_previous,
     throughput_table,
+    tls_idle_table,
+    tls_table,
     with_runs,
 )
 from harness.scenarios import (
     BURST_TIMEOUT_DEFAULT_BACKLOG,
     C10K_BASE,
     FULL,
+    GROUPS,
     QUICK,
     SCENARIOS,
+    TLS_IDLE_TARGETS,
+    TLS_RS_PLAIN,
+    TLS_UVLOOP,
     Row,
     Settings,
     available_rs_names,
@@ -65,9 +72,12 @@ from harness.scenarios import (
     c10k_rows,
     http_rows,
     throughput_scenarios,
+    tls_idle_rows,
+    tls_scenarios,
     unavailable,
     uvloop_available,
 )
+from harness.tls import make_material
 
 RESULTS = BENCHES / "results"
 
@@ -77,7 +87,13 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="one short round of everything")
     p.add_argument("--rounds", type=int, help="rounds per scenario (default 3)")
     p.add_argument("--duration", type=float, help="seconds per measurement (default 2)")
-    p.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
+    p.add_argument(
+        "--only",
+        help="comma-separated scenarios: "
+        + ",".join(SCENARIOS)
+        + "; or groups: "
+        + ", ".join(f"{k} (= {','.join(v)})" for k, v in GROUPS.items()),
+    )
     p.add_argument("--no-build", action="store_true", help="do not run cargo build")
     p.add_argument(
         "--no-pin",
@@ -98,6 +114,11 @@ def parse_args(argv):
         "--c10k-conns", type=int, help="connections in c10k (default 10000, at most 10000)"
     )
     p.add_argument("--c10k-seconds", type=float, help="seconds per c10k measurement (default 5)")
+    p.add_argument(
+        "--tls-idle-conns",
+        type=int,
+        help="connections in tlsidle (default 10000, at most 10000)",
+    )
     args = p.parse_args(argv)
     settings = QUICK if args.quick else FULL
     changes = {}
@@ -111,11 +132,18 @@ def parse_args(argv):
         changes["c10k_conns"] = args.c10k_conns
     if args.c10k_seconds:
         changes["c10k_seconds"] = args.c10k_seconds
+    if args.tls_idle_conns:
+        if not 1 <= args.tls_idle_conns <= 10_000:
+            p.error("--tls-idle-conns must be within 1..10000")
+        changes["tls_idle_conns"] = args.tls_idle_conns
     if changes:
         settings = Settings(**{**settings.__dict__, **changes})
     only = set(SCENARIOS)
     if args.only:
         only = {s.strip() for s in args.only.split(",") if s.strip()}
+        for group, members in GROUPS.items():
+            if group in only:
+                only = (only - {group}) | set(members)
         unknown = only - set(SCENARIOS)
         if unknown:
             p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
@@ -313,6 +341,60 @@ def main(argv=None):
                 )
             else:
                 emit("http", title, "skipped: wrk is not installed (apt-get install wrk)", {})
+        tls_keys = [k for k in GROUPS["tls"] if k in only]
+        material, why = None, None
+        if tls_keys:
+            try:
+                material = make_material(tmp / "tls")
+            except Exception as error:  # e.g. no cryptography: the other scenarios still run
+                why = f"skipped: no certificates ({type(error).__name__}: {error})"
+        for scenario in tls_scenarios(settings.size, material) if material else ():
+            if scenario.key not in only:
+                continue
+            rows = rows_for(scenario.rows)
+            run_rounds(
+                rows,
+                settings.rounds,
+                lambda impl, sc=scenario: measure_throughput(sc, impl, settings, tmp, log),
+            )
+            text, data = tls_table(
+                rows, TLS_UVLOOP, scenario.second, scenario.rate, scenario.targets
+            )
+            data = with_runs(rows, data)
+            emit(
+                scenario.key,
+                scenario.title,
+                text,
+                data,
+                f"{scenario.note} Ratios: the median of the per-round ratios (rounds interleave "
+                "the rows), with their range, against uvloop with ssl= and against our "
+                "plain-TCP reactor.",
+            )
+        if "tlsidle" in only and material:
+            conns = settings.tls_idle_conns
+            rows = rows_for(tls_idle_rows(material))
+            run_rounds(rows, settings.rounds, lambda impl: measure_tls_idle(impl, settings, log))
+            text, data = tls_idle_table(rows, conns, TLS_UVLOOP, TLS_IDLE_TARGETS)
+            data = with_runs(rows, data)
+            emit(
+                "tlsidle",
+                f"TLS, {conns:,} idle connections: server memory",
+                text,
+                data,
+                f"{conns:,} connections are opened (TLS 1.3, full handshake; plain TCP for "
+                f"{TLS_RS_PLAIN}), each echoes one {settings.size}-byte line, then all are held "
+                f"without traffic for {settings.tls_idle_hold:g} s (loadgen --mode idle; up to "
+                f"{settings.tls_idle_timeout:g} s to get them up, backlog 4096, descriptor "
+                f"limits raised to {NOFILE} or the hard limit). Server RSS: VmRSS from "
+                "/proc/<pid>/status once every connection is up and has been still for "
+                f"{min(1.0, settings.tls_idle_hold / 2):g} s (absolute, nothing subtracted); "
+                "RSS before: after a 64-connection warm-up, before the idle connections; KiB "
+                "per connection: the difference over the connections held; peak: VmHWM, the "
+                "handshakes' transient included. Ratios: the median of the per-round ratios, "
+                "with their range.",
+            )
+        for key in tls_keys if why else ():
+            emit(key, key, why, {})
     finally:
         signal.signal(signal.SIGTERM, previous_term)
         stop_all()

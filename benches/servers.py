@@ -1,7 +1,7 @@
 """Benchmark servers, one per process, all running the same handler code.
 
     python benches/servers.py IMPL KIND ADDRESS [--backlog N] [--max-workers N] [--lifetime S]
-                              [--handler lines|readline]
+                              [--handler lines|readline] [--tls-cert PEM --tls-key PEM]
     python benches/servers.py shutdown-latency IMPL [--tries N]
     python benches/servers.py idle IMPL KIND [--seconds S]
 
@@ -14,7 +14,10 @@ others it is ``tcp``, ``udp`` or ``unix`` (an echo ``Protocol``), or ``tcp-strea
 streams: ``await reader.readline()``, ``writer.write()``, ``await writer.drain()``). ADDRESS is
 ``127.0.0.1:PORT`` (port 0 picks a free one) or a filesystem path for Unix sockets.
 ``--handler readline`` gives the stream socketserver classes an explicit ``readline()`` loop
-with Nagle off instead of the default ``for line in rfile`` handler.
+with Nagle off instead of the default ``for line in rfile`` handler. ``--tls-cert`` (and
+``--tls-key``) serve the same echo over TLS: on the reactor servers through their
+``tls_certfile``/``tls_keyfile`` attributes (TLS in the engine), on asyncio and uvloop with
+``ssl=`` an ``ssl.SSLContext`` holding that certificate.
 
 A server prints ``READY <address>`` once it is listening and serves until it is killed, its
 parent dies, or ``--lifetime`` seconds (default 900) have passed. The other two commands
@@ -151,8 +154,9 @@ def format_address(address):
     return str(address)
 
 
-def socketserver_class(mod, kind, backlog=None, max_workers=None):
-    """The server class to run: ``mod.KIND`` with the benchmark's settings layered on."""
+def socketserver_class(mod, kind, backlog=None, max_workers=None, tls=None):
+    """The server class to run: ``mod.KIND`` with the benchmark's settings layered on; ``tls``
+    is ``(certfile, keyfile)`` for a reactor server speaking TLS."""
     http_mode = kind.startswith(("http:", "http-stock:"))
     name = kind.split(":", 1)[1] if http_mode else kind
     if mod is socketserver and name == "ThreadingHTTPServer":
@@ -166,14 +170,22 @@ def socketserver_class(mod, kind, backlog=None, max_workers=None):
         attrs["request_queue_size"] = backlog
     if max_workers is not None:
         attrs["max_workers"] = max_workers
+    if tls is not None:
+        if not name.startswith("Reactor"):
+            raise SystemExit("--tls-cert is for the reactor servers, asyncio and uvloop")
+        if not hasattr(base, "tls_certfile"):
+            raise SystemExit(f"{mod.__name__}.{name} has no TLS (tls_certfile) yet")
+        attrs["tls_certfile"], attrs["tls_keyfile"] = tls
     if http_mode and base is not http.server.ThreadingHTTPServer:
         # What http.server.HTTPServer adds to a TCPServer, on this module's class.
         attrs["server_bind"] = http.server.HTTPServer.server_bind
     return type(f"Bench{name}", (base,), attrs)
 
 
-def build_socketserver(mod, kind, address, backlog=None, max_workers=None, handler="lines"):
-    cls = socketserver_class(mod, kind, backlog, max_workers)
+def build_socketserver(
+    mod, kind, address, backlog=None, max_workers=None, handler="lines", tls=None
+):
+    cls = socketserver_class(mod, kind, backlog, max_workers, tls)
     if handler == "readline" and not kind.startswith(("http", "Reactor")):
         if cls.socket_type != socket.SOCK_STREAM:
             raise SystemExit("--handler readline is for stream servers")
@@ -200,8 +212,8 @@ def ready(address):
     print(f"READY {format_address(address)}", flush=True)
 
 
-def serve_socketserver(mod, kind, address, backlog, max_workers, handler):
-    server = build_socketserver(mod, kind, address, backlog, max_workers, handler)
+def serve_socketserver(mod, kind, address, backlog, max_workers, handler, tls=None):
+    server = build_socketserver(mod, kind, address, backlog, max_workers, handler, tls)
     ready(server.server_address)
     with server:
         server.serve_forever()
@@ -245,23 +257,50 @@ class EchoDatagramProtocol(asyncio.DatagramProtocol):
         self.transport.sendto(data, addr)
 
 
-async def serve_asyncio(kind, address, backlog):
+def server_ssl_context(tls):
+    """The ``ssl=`` of asyncio and uvloop servers: ``(certfile, keyfile)`` in an
+    ``ssl.SSLContext`` with Python's server defaults (TLS 1.2 and up), or None."""
+    if tls is None:
+        return None
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*tls)
+    return context
+
+
+async def serve_asyncio(kind, address, backlog, tls=None):
     loop = asyncio.get_running_loop()
     backlog = backlog or 100
+    context = server_ssl_context(tls)
+    if context is not None and kind == "udp":
+        raise SystemExit("--tls-cert is for stream servers")
     if kind == "tcp":
         server = await loop.create_server(
-            EchoLinesProtocol, address[0], address[1], backlog=backlog, reuse_address=True
+            EchoLinesProtocol,
+            address[0],
+            address[1],
+            backlog=backlog,
+            reuse_address=True,
+            ssl=context,
         )
         ready(server.sockets[0].getsockname())
     elif kind == "tcp-streams":
         server = await asyncio.start_server(
-            echo_lines_stream, address[0], address[1], backlog=backlog, reuse_address=True
+            echo_lines_stream,
+            address[0],
+            address[1],
+            backlog=backlog,
+            reuse_address=True,
+            ssl=context,
         )
         ready(server.sockets[0].getsockname())
     elif kind == "unix":
         if os.path.exists(address):
             os.unlink(address)
-        server = await loop.create_unix_server(EchoLinesProtocol, address, backlog=backlog)
+        server = await loop.create_unix_server(
+            EchoLinesProtocol, address, backlog=backlog, ssl=context
+        )
         ready(address)
     elif kind == "udp":
         transport, _ = await loop.create_datagram_endpoint(EchoDatagramProtocol, local_addr=address)
@@ -422,7 +461,14 @@ def main(argv=None):
         help="stream handler: 'for line in rfile' (default) or a readline() loop, Nagle off; "
         "datagram handler: DatagramRequestHandler (default) or BaseRequestHandler + sendto()",
     )
+    p.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")
+    p.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     args = p.parse_args(argv)
+    if args.tls_key and not args.tls_cert:
+        p.error("--tls-key needs --tls-cert")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    if tls and args.impl == "mio":
+        p.error("mio-echo does not speak TLS")
     if isinstance(args.address, tuple) and not args.address[0].startswith("127."):
         if args.address[0] not in ("localhost", "::1"):
             raise SystemExit("benchmark servers listen on loopback addresses only")
@@ -441,12 +487,13 @@ def main(argv=None):
             args.backlog,
             args.max_workers,
             args.handler,
+            tls,
         )
     if args.impl == "uvloop":
         import uvloop
 
-        return uvloop.run(serve_asyncio(args.kind, args.address, args.backlog))
-    return asyncio.run(serve_asyncio(args.kind, args.address, args.backlog))
+        return uvloop.run(serve_asyncio(args.kind, args.address, args.backlog, tls))
+    return asyncio.run(serve_asyncio(args.kind, args.address, args.backlog, tls))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 # Scenarios that have a requests/s per round, in the order of the tables.
 CHARTED = ["tcp1", "tcp16", "tcp256", "connect16", "udp16", "udp16s", "unix16", "line16"]
 CHARTED += ["line16p4", "rl1", "rl16", "rl256"]
-CHARTED += ["c10k", "http"]
+CHARTED += ["c10k", "http", "tls1", "tls16", "tls256", "tlsconnect16"]
 
 COLOURS = {
     "rs": "#d95f02",  # ours

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 from .processes import (
     PYTHON,
@@ -17,6 +18,7 @@ from .processes import (
     _live,
     child_setup,
     loadgen,
+    loadgen_marked,
     log_tail,
     run_json,
     server_env,
@@ -36,7 +38,7 @@ def measure_throughput(scenario, impl, settings, tmp, log):
     server = Server(impl, address, log)
     try:
         target = server.wait_ready()
-        args = [*scenario.loadgen, "--addr", target]
+        args = [*scenario.loadgen, *impl.client, "--addr", target]
         if settings.warmup:
             loadgen(args, settings.warmup, settings.timeout)
         noise = Noise(server)
@@ -137,6 +139,51 @@ def measure_c10k(impl, settings, log):
     result["server_cpu_s"] = cpu1 - cpu0
     n = result["requests"]
     result["server_cpu_us_per_req"] = (cpu1 - cpu0) / n * 1e6 if n else None
+    return result
+
+
+def measure_tls_idle(impl, settings, log):
+    """``tls_idle_conns`` connections (TLS, or plain for the reference row) opened, each with
+    one round trip, then held without traffic for ``tls_idle_hold`` seconds; the server's
+    VmRSS is read once they are all up (loadgen prints HOLDING) and have been still for a
+    moment."""
+    server = Server(impl, "127.0.0.1:0", log)
+    size = str(settings.size)
+    held = {}
+
+    def sample(line):
+        held["conns"] = int(line.split()[1])
+        time.sleep(min(1.0, settings.tls_idle_hold / 2))  # the last echoes and tickets settle
+        held.update(server.status())
+
+    try:
+        target = server.wait_ready()
+        if settings.warmup:  # loads the code paths (and the TLS ones) with a few connections
+            warm = ["--mode", "line", "--conns", "64", "--size", size, *impl.client]
+            loadgen([*warm, "--addr", target], settings.warmup, settings.timeout)
+        before = server.status()
+        noise = Noise(server)
+        conns = str(settings.tls_idle_conns)
+        args = ["--mode", "idle", "--conns", conns, "--size", size, *impl.client]
+        hold, timeout = settings.tls_idle_hold, settings.tls_idle_timeout
+        # loadgen's own bound: connecting and priming <= timeout, the hold, <= 1 s of grace.
+        bound = hold + timeout + 20
+        result = loadgen_marked(
+            [*args, "--addr", target], hold, timeout, "HOLDING", sample, bound=bound
+        )
+        result["other_cpus"] = noise.other_cpus()
+        result["loadavg"] = os.getloadavg()[0]
+        if not server.alive():
+            raise RuntimeError(f"server died: {log_tail(server.log)}")
+    finally:
+        server.stop()
+    if "rss_kb" not in held:
+        raise RuntimeError("loadgen never held its connections (no HOLDING line)")
+    result["held"] = held["conns"]
+    result["rss_before_kb"] = before.get("rss_kb")
+    result["rss_kb"] = held["rss_kb"]
+    result["hwm_kb"] = held.get("hwm_kb")
+    result["threads"] = held.get("threads")
     return result
 
 

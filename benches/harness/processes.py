@@ -253,6 +253,44 @@ def loadgen(args, duration, timeout, watch=None, bound=None):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def loadgen_marked(args, duration, timeout, marker, on_marker, bound):
+    """Runs the load generator as ``loadgen()`` does, and calls ``on_marker(line)`` as soon as
+    it prints a line starting with ``marker`` (idle mode's ``HOLDING``), while it runs.
+    Killed after ``bound`` seconds."""
+    cmd = [str(LOADGEN), *args, "--duration", f"{duration:g}", "--timeout", f"{timeout:g}"]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=child_setup("client"),
+    )
+    _live.add(proc)
+    lines = []
+    try:
+        deadline = time.monotonic() + bound
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(cmd, bound)
+            ready, _, _ = select.select([proc.stdout], [], [], min(left, 0.5))
+            if not ready:
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith(marker):
+                on_marker(line)
+        err = proc.stderr.read()
+        proc.wait(max(0.1, deadline - time.monotonic()))
+    finally:
+        stop_process(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {err.strip()}")
+    return json.loads(lines[-1])
+
+
 def run_json(cmd, timeout):
     proc = subprocess.Popen(
         cmd,

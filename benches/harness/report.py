@@ -354,3 +354,178 @@ def merge_previous(out, sections, report):
         report["meta"]["merged_from"] = [earlier, *old_meta.get("merged_from", [])]
     intro = [runs[w] for w in used if w in runs]
     return kept, intro
+
+
+def round_ratios(rows, label, base, key):
+    """``label``'s ``key`` over ``base``'s, round by round (rounds interleave the rows, so each
+    ratio compares measurements taken moments apart); rounds either row lacks are skipped."""
+    by_label = {r.impl.label: r for r in rows}
+    if label not in by_label or base not in by_label:
+        return []
+    pairs = zip(by_label[label].runs, by_label[base].runs, strict=False)
+    return [a[key] / b[key] for a, b in pairs if a.get(key) and b.get(key)]
+
+
+def ratio_stats(ratios):
+    if not ratios:
+        return None
+    return {"median": median(ratios), "min": min(ratios), "max": max(ratios), "n": len(ratios)}
+
+
+def fmt_ratio_range(stats):
+    """``1.62x (1.50-1.70)``: the median of the per-round ratios and their range."""
+    if stats is None:
+        return "-"
+    if stats["n"] < 2:
+        return f"{stats['median']:.2f}x"
+    return f"{stats['median']:.2f}x ({stats['min']:.2f}-{stats['max']:.2f})"
+
+
+def target_lines(rows, targets, key, what):
+    """One line per target of the issue: the median per-round ratio and whether it is met."""
+    lines = []
+    for t in targets:
+        stats = ratio_stats(round_ratios(rows, t.row, t.base, key))
+        bound = f"{'≤' if t.most else '≥'} {t.ratio:g}x"
+        if stats is None:
+            lines.append(f"- Target: {t.row} {what} {bound} {t.base}: not measured.")
+            continue
+        met = stats["median"] <= t.ratio if t.most else stats["median"] >= t.ratio
+        lines.append(
+            f"- Target: {t.row} {what} {bound} {t.base}: {fmt_ratio_range(stats)} "
+            f"(median of {stats['n']} per-round ratios, min-max), "
+            f"{'met' if met else 'NOT met'}."
+        )
+    return lines
+
+
+def tls_table(rows, base, second, rate, targets, names=("uvloop ssl", "rs plain TCP")):
+    """The TLS throughput rows: medians over rounds, and req/s (or connections/s) as the
+    median of the per-round ratios against ``base`` and ``second`` (in the header:
+    ``names``), with their range."""
+    summaries = {}
+    for row in rows:
+        if not row.runs:
+            continue
+        s = summarize_throughput(row)
+        for name, other in (("vs_base", base), ("vs_second", second)):
+            s[name] = ratio_stats(round_ratios(rows, row.impl.label, other, "rps"))
+            s[name + "_cpu"] = ratio_stats(
+                round_ratios(rows, row.impl.label, other, "server_cpu_us_per_req")
+            )
+        s["client_busy"] = median(
+            [r["client_cpu_s"] / r["elapsed_s"] for r in row.runs if r.get("elapsed_s")]
+        )
+        summaries[row.impl.label] = s
+    header = [
+        "implementation",
+        rate,
+        "spread",
+        f"{rate} x {names[0]} (min-max)",
+        f"{rate} x {names[1]} (min-max)",
+        "p50 µs",
+        "p99 µs",
+        "errors/timeouts",
+        "server CPU µs/req",
+        f"CPU/req x {names[0]}",
+        "client CPU busy",
+    ]
+    lines = []
+    for row in rows:
+        s = summaries.get(row.impl.label)
+        if s is None:
+            lines.append([row.impl.label, "n/a", *[""] * (len(header) - 3), row.failure or ""])
+            continue
+        failures = f"{s['errors']}/{s['timeouts']}"
+        if s["errors"] and s["first_error"]:
+            failures += f" ({cell(s['first_error'][:40])})"
+        lines.append(
+            [
+                row.impl.label,
+                fmt_num(s["rps"], 0),
+                fmt_spread(s["rps_spread"], s["rounds"]),
+                fmt_ratio_range(s["vs_base"]),
+                fmt_ratio_range(s["vs_second"]),
+                fmt_num(s["p50_us"]),
+                fmt_num(s["p99_us"]),
+                failures,
+                fmt_num(s["cpu_us_per_req"]),
+                fmt_ratio_range(s["vs_base_cpu"]),
+                "-" if s["client_busy"] is None else f"{s['client_busy'] * 100:.0f}%",
+            ]
+        )
+    text = table(header, lines)
+    goals = target_lines(rows, targets, "rps", rate)
+    if goals:
+        text += "\n\n" + "\n".join(goals)
+    return text, summaries
+
+
+def tls_idle_table(rows, conns, base, targets, name="uvloop ssl"):
+    """Server memory with ``conns`` idle connections: VmRSS once they are all up, absolute
+    and as the median of the per-round ratios against ``base`` (``name`` in the header)."""
+    summaries = {}
+    for row in rows:
+        runs = row.runs
+        if not runs:
+            continue
+        rss = [r["rss_kb"] / 1024 for r in runs]
+        before = [(r["rss_before_kb"] or 0) / 1024 for r in runs]
+        held = min(r["held"] for r in runs)
+        summaries[row.impl.label] = {
+            "rss_mib": median(rss),
+            "rss_min_mib": min(rss),
+            "rss_max_mib": max(rss),
+            "rss_before_mib": median(before),
+            "kib_per_conn": median(
+                [(r["rss_kb"] - (r["rss_before_kb"] or 0)) / max(1, r["held"]) for r in runs]
+            ),
+            "hwm_mib": median([(r["hwm_kb"] or 0) / 1024 for r in runs]),
+            "held_min": held,
+            "connect_s": median([r["connect_s"] for r in runs]),
+            "threads": max(r["threads"] or 0 for r in runs),
+            "errors": sum(r["errors"] for r in runs),
+            "timeouts": sum(r["timeouts"] for r in runs),
+            "vs_base": ratio_stats(round_ratios(rows, row.impl.label, base, "rss_kb")),
+            "rounds": len(runs),
+        }
+    header = [
+        "implementation",
+        "connections held (min)",
+        "up in (median s)",
+        "server RSS MiB (min-max)",
+        f"RSS x {name} (min-max)",
+        "RSS before MiB",
+        "KiB per connection",
+        "peak RSS (VmHWM) MiB",
+        "threads",
+        "errors/timeouts",
+    ]
+    lines = []
+    for row in rows:
+        s = summaries.get(row.impl.label)
+        if s is None:
+            lines.append([row.impl.label, "n/a", *[""] * (len(header) - 3), row.failure or ""])
+            continue
+        spread = (
+            f" ({fmt_num(s['rss_min_mib'])}-{fmt_num(s['rss_max_mib'])})" if s["rounds"] > 1 else ""
+        )
+        lines.append(
+            [
+                row.impl.label,
+                f"{s['held_min']:,}/{conns:,}",
+                fmt_num(s["connect_s"]),
+                fmt_num(s["rss_mib"]) + spread,
+                fmt_ratio_range(s["vs_base"]),
+                fmt_num(s["rss_before_mib"]),
+                fmt_num(s["kib_per_conn"]),
+                fmt_num(s["hwm_mib"]),
+                str(s["threads"]),
+                f"{s['errors']}/{s['timeouts']}",
+            ]
+        )
+    text = table(header, lines)
+    goals = target_lines(rows, targets, "rss_kb", "server RSS")
+    if goals:
+        text += "\n\n" + "\n".join(goals)
+    return text, summaries

@@ -21,7 +21,16 @@ SCENARIOS = [
     "shutdown",
     "idle",
     "http",
+    "tls1",
+    "tls16",
+    "tls256",
+    "tlsconnect16",
+    "tlsidle",
 ]
+
+
+# Names --only accepts for several scenarios at once.
+GROUPS = {"tls": ["tls1", "tls16", "tls256", "tlsconnect16", "tlsidle"]}
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,9 @@ class Settings:
     c10k_conns: int
     c10k_seconds: float
     c10k_timeout: float
+    tls_idle_conns: int
+    tls_idle_hold: float
+    tls_idle_timeout: float
 
 
 FULL = Settings(
@@ -53,6 +65,9 @@ FULL = Settings(
     c10k_conns=10_000,
     c10k_seconds=5.0,
     c10k_timeout=5.0,
+    tls_idle_conns=10_000,
+    tls_idle_hold=3.0,
+    tls_idle_timeout=60.0,
 )
 
 
@@ -69,6 +84,9 @@ QUICK = Settings(
     c10k_conns=1_000,
     c10k_seconds=0.5,
     c10k_timeout=5.0,
+    tls_idle_conns=500,
+    tls_idle_hold=1.0,
+    tls_idle_timeout=30.0,
 )
 
 
@@ -81,6 +99,7 @@ class Impl:
     kind: str  # servers.py KIND
     baseline: str
     args: tuple = ()
+    client: tuple = ()  # loadgen options of this row only (the TLS rows' --tls-ca)
 
 
 @dataclass
@@ -107,12 +126,23 @@ def uvloop_available():
     return True
 
 
+def rs_has_tls():
+    """Whether socketserver_rs's reactor servers take a certificate (TLS in the engine)."""
+    try:
+        import socketserver_rs
+    except Exception:
+        return False
+    return hasattr(getattr(socketserver_rs, "ReactorTCPServer", None), "tls_certfile")
+
+
 def unavailable(impl, rs_names, has_uvloop):
     """Why a row cannot run here, or None."""
     if impl.impl == "rs":
         name = impl.kind.split(":", 1)[-1]
         if name not in rs_names:
             return f"socketserver_rs has no {name} yet"
+        if "--tls-cert" in impl.args and not rs_has_tls():
+            return f"socketserver_rs's {name} has no TLS (tls_certfile) yet"
     if impl.impl == "uvloop" and not has_uvloop:
         return "uvloop is not installed (pip install uvloop)"
     return None
@@ -425,3 +455,102 @@ def http_rows():
         Impl(stock, "stdlib", "http-stock:ThreadingHTTPServer", stock, b),
         Impl("rs ThreadingTCPServer, Nagle on", "rs", "http-stock:ThreadingTCPServer", stock, b),
     ]
+
+
+# --- TLS on reactor servers (issue 14) ------------------------------------------------------
+
+TLS_RS = "rs ReactorTCPServer (MessageHandler, line, TLS)"
+TLS_RS_PLAIN = "rs ReactorTCPServer (MessageHandler, line, plain TCP)"
+TLS_UVLOOP = "uvloop (Protocol, ssl=)"
+TLS_ASYNCIO = "asyncio (Protocol, ssl=)"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target of the issue: ``row`` at least (or, with ``most``, at most) ``ratio`` times
+    ``base``, on the median of the per-round ratios."""
+
+    row: str
+    base: str
+    ratio: float
+    most: bool = False
+
+
+@dataclass
+class TlsScenario:
+    key: str
+    title: str
+    loadgen: list
+    rows: list
+    note: str
+    rate: str = "req/s"  # what one loadgen request is, in the table's header
+    targets: tuple = ()
+    second: str | None = TLS_RS_PLAIN  # every row also gets ratios against this one
+    family: str = "tcp"
+
+
+def tls_rows(material, backlog=1024, plain=True):
+    """Our reactor with TLS in the engine, uvloop and asyncio with ``ssl=`` (all with the same
+    ECDSA P-256 certificate and the line echo), and our plain-TCP reactor for reference."""
+    b = ("--backlog", str(backlog))
+    cert = ("--tls-cert", str(material.server_cert), "--tls-key", str(material.server_key))
+    client = ("--tls-ca", str(material.ca_cert))
+    base = TLS_UVLOOP
+    rows = [
+        Impl(TLS_RS, "rs", "ReactorTCPServer", base, (*b, *cert), client),
+        Impl(TLS_UVLOOP, "uvloop", "tcp", base, (*b, *cert), client),
+        Impl(TLS_ASYNCIO, "asyncio", "tcp", base, (*b, *cert), client),
+    ]
+    if plain:
+        rows.append(Impl(TLS_RS_PLAIN, "rs", "ReactorTCPServer", base, b))
+    return rows
+
+
+TLS_HANDLERS = (
+    'Same echo everywhere: a MessageHandler with framing = "line" returning the line on the '
+    "reactor (TLS terminated in the engine, tls_certfile/tls_keyfile), the echo Protocol on "
+    "uvloop and asyncio given ssl= an ssl.SSLContext(PROTOCOL_TLS_SERVER) with the same "
+    "certificate (ECDSA P-256, signed by a CA made at bench time). The client (loadgen, "
+    "rustls with ring) offers TLS 1.3 only, verifies the certificate for 'localhost' and never "
+    "resumes a session."
+)
+
+
+def tls_scenarios(size, material):
+    def echo(conns):
+        targets = ()
+        if conns == 16:
+            targets = (Target(TLS_RS, TLS_UVLOOP, 1.5), Target(TLS_RS, TLS_RS_PLAIN, 0.8))
+        return TlsScenario(
+            f"tls{conns}",
+            f"TLS 1.3 echo, {conns} persistent connection{'s' if conns > 1 else ''}",
+            ["--mode", "line", "--conns", str(conns), "--size", str(size), "--prime"],
+            tls_rows(material),
+            f"Each connection writes a {size}-byte line and waits for its echo; every "
+            "connection is opened and completes its handshake and one round trip before the "
+            "clock starts (loadgen --prime; server CPU per request includes those "
+            f"handshakes). {TLS_HANDLERS}",
+            targets=targets,
+        )
+
+    return [
+        *(echo(conns) for conns in (1, 16, 256)),
+        TlsScenario(
+            "tlsconnect16",
+            "TLS 1.3 full handshakes, connection per request, 16 concurrent workers",
+            ["--mode", "connect", "--conns", "16", "--size", str(size)],
+            tls_rows(material),
+            "Each worker connects, does a full handshake (no resumption), writes one line, "
+            "reads its echo, sends close_notify and closes: one request is one handshake. The "
+            "plain-TCP row does the same without TLS (what the handshake costs). " + TLS_HANDLERS,
+            rate="connections/s",
+            targets=(Target(TLS_RS, TLS_UVLOOP, 1.2),),
+        ),
+    ]
+
+
+def tls_idle_rows(material):
+    return tls_rows(material, backlog=4096)
+
+
+TLS_IDLE_TARGETS = (Target(TLS_RS, TLS_UVLOOP, 1.0, most=True),)

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub const USAGE: &str = "\
-usage: loadgen --addr ADDR [--mode tcp|connect|udp|unix|line] [options]
+usage: loadgen --addr ADDR [--mode tcp|connect|udp|unix|line|idle] [options]
 
 Closed-loop load against a loopback echo server; prints one JSON line with the results.
 
@@ -15,6 +15,9 @@ modes:
   udp      --conns outstanding datagrams, one connected UDP socket each
   unix     as tcp, over Unix stream sockets (ADDR is a path, or unix:PATH)
   line     newline-framed: --pipeline lines per write, one sample per echoed line (TCP or Unix)
+  idle     open --conns connections, do one line round trip on each, print 'HOLDING <n>' (n:
+           connections that made it within --timeout), hold them without traffic for
+           --duration, then close them (TCP or Unix)
 
 options:
   --addr ADDR          127.0.0.1:PORT, [::1]:PORT, localhost:PORT, or a Unix socket path
@@ -26,7 +29,9 @@ options:
   --timeout SECS       per-request timeout; a timed-out stream is reconnected (default 2)
   --sources N          rotate client sockets over N source addresses 127.0.0.1.. (default 64)
   --prime              tcp/unix/line: before the clock starts, every connection completes one
-                       round trip (so the server has accepted it), within --timeout
+                       round trip (so the server has accepted it), within --timeout (idle: always)
+  --tls-ca FILE        speak TLS 1.3 (all stream modes): trust the PEM certificates in FILE,
+                       verify the server as 'localhost', full handshake on every connection
   --help               show this text
 ";
 
@@ -38,6 +43,7 @@ pub enum Mode {
     Udp,
     Unix,
     Line,
+    Idle,
 }
 
 impl Mode {
@@ -48,6 +54,7 @@ impl Mode {
             Mode::Udp => "udp",
             Mode::Unix => "unix",
             Mode::Line => "line",
+            Mode::Idle => "idle",
         }
     }
 }
@@ -82,6 +89,8 @@ pub struct Config {
     pub sources: u32,
     /// Persistent streams: one round trip per connection before the clock starts.
     pub prime: bool,
+    /// TLS: the CA file the server's certificate must chain to; `None` for plain streams.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// The outcome of parsing: a run, or a request for the usage text.
@@ -106,6 +115,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     let mut timeout = Duration::from_secs(2);
     let mut sources = 64u32;
     let mut prime = false;
+    let mut tls_ca: Option<PathBuf> = None;
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -137,6 +147,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
             "--max-requests" => max_requests = parse_int(&key, &value, 1, 50_000_000)?,
             "--timeout" => timeout = parse_secs(&key, &value, 600.0)?,
             "--sources" => sources = parse_int(&key, &value, 1, 65_000)?,
+            "--tls-ca" => tls_ca = Some(PathBuf::from(value)),
             _ => return Err(format!("unknown option {key}")),
         }
     }
@@ -157,6 +168,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
             "--size {size} exceeds one UDP datagram ({MAX_DATAGRAM})"
         ));
     }
+    if mode == Mode::Idle {
+        prime = true;
+    }
+    if tls_ca.is_some() && mode == Mode::Udp {
+        return Err("--tls-ca applies to stream modes, not udp".to_owned());
+    }
     if mode != Mode::Line && pipeline != 1 {
         return Err("--pipeline applies to --mode line only".to_owned());
     }
@@ -174,6 +191,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
         timeout,
         sources,
         prime,
+        tls_ca,
     }))
 }
 
@@ -184,9 +202,10 @@ fn parse_mode(value: &str) -> Result<Mode, String> {
         "udp" => Mode::Udp,
         "unix" => Mode::Unix,
         "line" => Mode::Line,
+        "idle" => Mode::Idle,
         _ => {
             return Err(format!(
-                "unknown mode {value:?} (tcp, connect, udp, unix, line)"
+                "unknown mode {value:?} (tcp, connect, udp, unix, line, idle)"
             ));
         }
     })
@@ -277,6 +296,7 @@ mod tests {
         assert_eq!(config.timeout, Duration::from_secs(2));
         assert_eq!(config.sources, 64);
         assert!(!config.prime);
+        assert_eq!(config.tls_ca, None);
     }
 
     #[test]
@@ -375,6 +395,43 @@ mod tests {
         assert!(config.prime);
         assert!(run(&["--mode", "connect", "--addr", "127.0.0.1:1", "--prime"]).is_err());
         assert!(run(&["--mode", "udp", "--addr", "127.0.0.1:1", "--prime"]).is_err());
+    }
+
+    #[test]
+    fn tls_takes_a_ca_file_in_stream_modes_only() {
+        for mode in ["tcp", "line", "connect", "idle"] {
+            let config = run(&[
+                "--mode",
+                mode,
+                "--addr",
+                "127.0.0.1:1",
+                "--tls-ca",
+                "ca.pem",
+            ]);
+            assert_eq!(
+                config.unwrap().tls_ca,
+                Some(PathBuf::from("ca.pem")),
+                "{mode}"
+            );
+        }
+        let error = run(&[
+            "--mode",
+            "udp",
+            "--addr",
+            "127.0.0.1:1",
+            "--tls-ca",
+            "ca.pem",
+        ]);
+        assert!(error.unwrap_err().contains("udp"));
+        assert!(run(&["--addr", "127.0.0.1:1", "--tls-ca"]).is_err());
+    }
+
+    #[test]
+    fn idle_mode_always_primes() {
+        let config = run(&["--mode", "idle", "--addr", "127.0.0.1:1"]).unwrap();
+        assert_eq!(config.mode, Mode::Idle);
+        assert!(config.prime);
+        assert!(run(&["--mode", "idle", "--addr", "127.0.0.1:1", "--pipeline", "2"]).is_err());
     }
 
     #[test]

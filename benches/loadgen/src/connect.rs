@@ -1,13 +1,16 @@
 //! The connection-per-request driver: each worker connects (from the next loopback source
 //! address), writes one message, reads its echo, closes, and starts over. A sample spans the
-//! whole exchange, connect included. All workers start at once, so `--conns 256
+//! whole exchange, connect included (and with `--tls-ca` the full TLS handshake: no session is
+//! ever resumed). All workers start at once, so `--conns 256
 //! --max-requests 256` is a burst of 256 simultaneous connects.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll};
+use rustls::ClientConfig;
 
 use crate::args::{Config, Target, source_addr};
 use crate::net::{Stream, payload, token, untoken};
@@ -31,6 +34,8 @@ struct Worker {
 #[derive(Debug)]
 struct Driver<'a> {
     config: &'a Config,
+    /// TLS sessions are made with this, when the run speaks TLS.
+    tls: Option<Arc<ClientConfig>>,
     dest: SocketAddr,
     poll: Poll,
     workers: Vec<Worker>,
@@ -42,7 +47,7 @@ struct Driver<'a> {
 }
 
 /// Runs the connection-per-request scenario; returns the samples and the measured time.
-pub fn run(config: &Config) -> io::Result<(Recorder, Duration)> {
+pub fn run(config: &Config, tls: Option<Arc<ClientConfig>>) -> io::Result<(Recorder, Duration)> {
     let Target::Inet(dest) = config.target else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -52,6 +57,7 @@ pub fn run(config: &Config) -> io::Result<(Recorder, Duration)> {
     let start = Instant::now();
     let mut driver = Driver {
         config,
+        tls,
         dest,
         poll: Poll::new()?,
         workers: Vec::with_capacity(config.conns),
@@ -124,10 +130,12 @@ impl Driver<'_> {
         worker.started = Instant::now();
         worker.written = 0;
         worker.pending = self.request.len();
-        let opened = Stream::tcp(self.dest, Some(source)).and_then(|mut stream| {
-            stream.register(self.poll.registry(), token(slot, worker.generation))?;
-            Ok(stream)
-        });
+        let opened = Stream::tcp(self.dest, Some(source))
+            .and_then(|stream| stream.with_tls(self.tls.as_ref()))
+            .and_then(|mut stream| {
+                stream.register(self.poll.registry(), token(slot, worker.generation))?;
+                Ok(stream)
+            });
         match opened {
             Ok(stream) => {
                 worker.stream = Some(stream);
@@ -140,9 +148,11 @@ impl Driver<'_> {
         }
     }
 
-    /// Closes `slot`'s connection (we close first, so TIME_WAIT stays on the client side).
+    /// Closes `slot`'s connection (we close first, so TIME_WAIT stays on the client side; a TLS
+    /// session sends its close_notify first).
     fn close(&mut self, slot: usize) {
         if let Some(mut stream) = self.workers[slot].stream.take() {
+            stream.close_notify();
             stream.deregister(self.poll.registry());
         }
     }
@@ -177,6 +187,9 @@ impl Driver<'_> {
     fn on_event(&mut self, slot: usize) {
         if self.workers[slot].written < self.request.len() {
             self.write(slot);
+        } else if let Some(Err(e)) = self.workers[slot].stream.as_mut().map(Stream::flush) {
+            // A TLS session sends the records the socket did not take before.
+            return self.fail(slot, "write", Some(e));
         }
         let generation = self.workers[slot].generation;
         loop {

@@ -1,7 +1,7 @@
 //! `loadgen`: a closed-loop load generator for echo servers on this machine.
 //!
 //! One single-threaded mio event loop drives every connection, so the client costs one core at
-//! most. Each run is bounded by `--duration` and by `--max-requests`, keeps every latency sample
+//! most (TLS included: `--tls-ca`). Each run is bounded by `--duration` and by `--max-requests`, keeps every latency sample
 //! for exact percentiles, and prints one JSON line on stdout. See `loadgen --help`.
 
 mod args;
@@ -9,6 +9,7 @@ mod connect;
 mod net;
 mod stats;
 mod stream;
+mod tls;
 mod udp;
 
 use std::process::ExitCode;
@@ -27,9 +28,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match config.tls_ca.as_deref().map(tls::client_config).transpose() {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("loadgen: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let outcome = match config.mode {
-        Mode::Tcp | Mode::Unix | Mode::Line => stream::run(&config),
-        Mode::Connect => connect::run(&config),
+        Mode::Tcp | Mode::Unix | Mode::Line | Mode::Idle => stream::run(&config, tls),
+        Mode::Connect => connect::run(&config, tls),
         Mode::Udp => udp::run(&config),
     };
     match outcome {

@@ -1,19 +1,26 @@
-//! Client sockets: TCP bound to a chosen loopback source address, Unix streams, and the payload.
+//! Client sockets: TCP bound to a chosen loopback source address, Unix streams, either one
+//! wrapped in TLS, and the payload.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use mio::event::Source;
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
+use rustls::ClientConfig;
+
+use crate::tls::TlsStream;
 
 /// A connected (or connecting) non-blocking byte stream.
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A client TLS session over one of the others.
+    Tls(Box<TlsStream<Stream>>),
 }
 
 impl Stream {
@@ -31,6 +38,23 @@ impl Stream {
         UnixStream::connect(path).map(Stream::Unix)
     }
 
+    /// This stream as the transport of a TLS client session with `config`, if given; the
+    /// handshake starts with the first write (or `flush`) once the socket is connected.
+    pub fn with_tls(self, config: Option<&Arc<ClientConfig>>) -> io::Result<Stream> {
+        match config {
+            Some(config) => Ok(Stream::Tls(Box::new(TlsStream::new(self, config)?))),
+            None => Ok(self),
+        }
+    }
+
+    /// Ends a TLS session with a close_notify before the socket is dropped (best effort: the
+    /// records the socket does not take now are lost); nothing for a plain stream.
+    pub fn close_notify(&mut self) {
+        if let Stream::Tls(s) = self {
+            s.close_notify();
+        }
+    }
+
     /// The pending connect's outcome: `Ok(true)` once connected, `Ok(false)` while in progress.
     pub fn connected(&self) -> io::Result<bool> {
         if let Some(error) = self.take_error()? {
@@ -39,6 +63,7 @@ impl Stream {
         let peer = match self {
             Stream::Tcp(s) => s.peer_addr().map(drop),
             Stream::Unix(s) => s.peer_addr().map(drop),
+            Stream::Tls(s) => return s.get_ref().connected(),
         };
         match peer {
             Ok(()) => Ok(true),
@@ -51,6 +76,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.take_error(),
             Stream::Unix(s) => s.take_error(),
+            Stream::Tls(s) => s.get_ref().take_error(),
         }
     }
 
@@ -59,6 +85,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.register(registry, token, interest),
             Stream::Unix(s) => s.register(registry, token, interest),
+            Stream::Tls(s) => s.get_mut().register(registry, token),
         }
     }
 
@@ -66,6 +93,10 @@ impl Stream {
         let _ = match self {
             Stream::Tcp(s) => s.deregister(registry),
             Stream::Unix(s) => s.deregister(registry),
+            Stream::Tls(s) => {
+                s.get_mut().deregister(registry);
+                Ok(())
+            }
         };
     }
 }
@@ -75,6 +106,7 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -84,11 +116,16 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
         }
     }
 
+    /// Sends what a TLS session still holds (plain streams hold nothing).
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Stream::Tls(s) => s.flush(),
+            _ => Ok(()),
+        }
     }
 }
 

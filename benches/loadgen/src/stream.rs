@@ -1,14 +1,18 @@
-//! Persistent-stream drivers (`tcp`, `unix`, `line`): each connection sends a request, waits for
-//! its whole echo, records the latency and sends the next one (a closed loop).
+//! Persistent-stream drivers (`tcp`, `unix`, `line`, `idle`): each connection sends a request,
+//! waits for its whole echo, records the latency and sends the next one (a closed loop). In
+//! `idle` mode every connection does its one priming round trip and then holds still until the
+//! end, so the server's memory per idle connection can be read meanwhile.
 //!
 //! All connections are established before the clock starts (with `--prime`, each also completes
 //! one round trip first, so the server has accepted it). A connection that fails or times out
 //! is counted, closed and replaced, since its byte stream can no longer be trusted.
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll};
+use rustls::ClientConfig;
 
 use crate::args::{Config, Mode, Target, source_addr};
 use crate::net::{Stream, payload, token, untoken};
@@ -51,6 +55,8 @@ struct Conn {
 #[derive(Debug)]
 struct Driver<'a> {
     config: &'a Config,
+    /// TLS sessions are made with this, when the run speaks TLS.
+    tls: Option<Arc<ClientConfig>>,
     poll: Poll,
     conns: Vec<Conn>,
     request: Vec<u8>,
@@ -70,15 +76,15 @@ struct Driver<'a> {
 }
 
 /// Runs a persistent-connection scenario; returns the samples and the measured time.
-pub fn run(config: &Config) -> io::Result<(Recorder, Duration)> {
-    let framing = if config.mode == Mode::Line {
-        Framing::Lines
-    } else {
-        Framing::Bytes
+pub fn run(config: &Config, tls: Option<Arc<ClientConfig>>) -> io::Result<(Recorder, Duration)> {
+    let framing = match config.mode {
+        Mode::Line | Mode::Idle => Framing::Lines,
+        _ => Framing::Bytes,
     };
     let one = payload(config.size);
     let mut driver = Driver {
         config,
+        tls,
         poll: Poll::new()?,
         conns: Vec::with_capacity(config.conns),
         request: one.repeat(config.pipeline),
@@ -119,6 +125,12 @@ pub fn run(config: &Config) -> io::Result<(Recorder, Duration)> {
     let ready = driver.conns.iter().filter(|c| ready(c)).count() as u64;
     let end = start + config.duration;
     driver.end = Some(end);
+    if config.mode == Mode::Idle {
+        // The runner reads the server's memory from here on, until the connections close.
+        let mut out = io::stdout().lock();
+        writeln!(out, "HOLDING {ready}")?;
+        out.flush()?;
+    }
     for slot in 0..driver.conns.len() {
         // A priming round trip still in flight is left to finish (it then counts as a request).
         if driver.conns[slot].connected && driver.conns[slot].pending == 0 {
@@ -139,6 +151,9 @@ pub fn run(config: &Config) -> io::Result<(Recorder, Duration)> {
     let grace = Instant::now() + config.timeout.min(GRACE);
     while driver.conns.iter().any(|c| c.pending > 0) && Instant::now() < grace {
         driver.turn(&mut events, grace)?;
+    }
+    for slot in 0..driver.conns.len() {
+        driver.close(slot);
     }
     let stats = ConnectionStats {
         ready,
@@ -191,7 +206,8 @@ impl Driver<'_> {
         let opened = match &self.config.target {
             Target::Inet(addr) => Stream::tcp(*addr, Some(source)),
             Target::Unix(path) => Stream::unix(path),
-        };
+        }
+        .and_then(|stream| stream.with_tls(self.tls.as_ref()));
         let conn = &mut self.conns[slot];
         conn.generation = conn.generation.wrapping_add(1);
         conn.connected = false;
@@ -237,6 +253,7 @@ impl Driver<'_> {
 
     fn close(&mut self, slot: usize) {
         if let Some(mut stream) = self.conns[slot].stream.take() {
+            stream.close_notify();
             stream.deregister(self.poll.registry());
         }
         let conn = &mut self.conns[slot];
@@ -263,7 +280,10 @@ impl Driver<'_> {
             if !self.config.prime || self.conns[slot].primed {
                 return;
             }
-        } else if !self.measuring(now) || self.issued + per_request > self.config.max_requests {
+        } else if self.config.mode == Mode::Idle
+            || !self.measuring(now)
+            || self.issued + per_request > self.config.max_requests
+        {
             return;
         } else {
             self.issued += per_request;
@@ -309,6 +329,9 @@ impl Driver<'_> {
             }
         } else if self.conns[slot].pending > 0 && self.conns[slot].written < self.request.len() {
             self.write(slot, now);
+        } else if let Some(Err(e)) = self.conns[slot].stream.as_mut().map(Stream::flush) {
+            // A TLS session sends the records the socket did not take before.
+            return self.fail(slot, "write", Some(e), now);
         }
         if readable {
             self.read(slot, now);
