@@ -137,3 +137,294 @@ impl<S: Read + Write> Write for TlsStream<S> {
         self.send_records()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The TLS client against a real rustls server over loopback, with certificates made by
+    //! `openssl` at test time: persistent echo, connection per request (every one a full
+    //! handshake), the idle hold, and a server whose certificate our CA did not sign.
+
+    use std::io::{BufRead, BufReader};
+    use std::net::{SocketAddr, TcpListener};
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::thread;
+
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::{HandshakeKind, ServerConfig, ServerConnection, StreamOwned};
+
+    use super::*;
+    use crate::args::{Config, Parsed, parse};
+
+    /// A directory of this test's own, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("loadgen-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs (Debian: apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `{prefix}ca.crt` (a CA) and `{prefix}server.crt`/`.key` (ECDSA P-256, for
+    /// localhost, signed by that CA) in `dir`.
+    fn make_certificates(dir: &Path, prefix: &str) {
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let (ca_key, ca_crt) = (format!("{prefix}ca.key"), format!("{prefix}ca.crt"));
+        let (key, csr) = (format!("{prefix}server.key"), format!("{prefix}server.csr"));
+        let (crt, ext) = (format!("{prefix}server.crt"), format!("{prefix}server.ext"));
+        openssl(
+            dir,
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &["-keyout", &ca_key, "-out", &ca_crt],
+            ]
+            .concat()
+            .iter()
+            .copied()
+            .chain([
+                "-subj",
+                "/CN=loadgen test CA",
+                "-days",
+                "2",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign",
+            ])
+            .collect::<Vec<_>>(),
+        );
+        openssl(
+            dir,
+            &[
+                &["req"],
+                &ec[..],
+                &["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join(&ext),
+            "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+
+    /// Handshakes a test server completed, full and resumed.
+    #[derive(Debug, Default)]
+    struct Counts {
+        full: AtomicU64,
+        resumed: AtomicU64,
+    }
+
+    /// A TLS line-echo server on 127.0.0.1 (a thread per connection), serving until the test
+    /// process ends.
+    fn serve(cert: &Path, key: &Path) -> (SocketAddr, Arc<Counts>) {
+        let certs: Vec<_> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counts = Arc::new(Counts::default());
+        let served = Arc::clone(&counts);
+        thread::spawn(move || {
+            for sock in listener.incoming() {
+                let Ok(sock) = sock else { continue };
+                let (config, counts) = (Arc::clone(&config), Arc::clone(&served));
+                thread::spawn(move || echo(sock, config, &counts));
+            }
+        });
+        (addr, counts)
+    }
+
+    fn echo(sock: std::net::TcpStream, config: Arc<ServerConfig>, counts: &Counts) {
+        let mut tls = StreamOwned::new(ServerConnection::new(config).unwrap(), sock);
+        while tls.conn.is_handshaking() {
+            if tls.conn.complete_io(&mut tls.sock).is_err() {
+                return;
+            }
+        }
+        match tls.conn.handshake_kind() {
+            Some(HandshakeKind::Resumed) => counts.resumed.fetch_add(1, Ordering::SeqCst),
+            _ => counts.full.fetch_add(1, Ordering::SeqCst),
+        };
+        let mut lines = BufReader::new(tls);
+        let mut line = Vec::new();
+        while matches!(lines.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+            let tls = lines.get_mut();
+            if tls.write_all(&line).and_then(|()| tls.flush()).is_err() {
+                return;
+            }
+            line.clear();
+        }
+    }
+
+    fn config(args: &[&str]) -> Config {
+        match parse(args.iter().map(|s| s.to_string())) {
+            Ok(Parsed::Run(config)) => config,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn run(config: &Config) -> crate::stats::Summary {
+        let tls = config
+            .tls_ca
+            .as_deref()
+            .map(client_config)
+            .transpose()
+            .unwrap();
+        let outcome = match config.mode {
+            crate::args::Mode::Connect => crate::connect::run(config, tls),
+            _ => crate::stream::run(config, tls),
+        };
+        let (recorder, elapsed) = outcome.unwrap();
+        recorder.summarize(elapsed)
+    }
+
+    #[test]
+    fn echoes_over_tls_in_every_stream_mode() {
+        let dir = TempDir::new("tls-modes");
+        make_certificates(&dir.0, "");
+        let (addr, counts) = serve(&dir.0.join("server.crt"), &dir.0.join("server.key"));
+        let (addr, ca) = (addr.to_string(), dir.0.join("ca.crt"));
+        let ca = ca.to_str().unwrap();
+        let common = ["--addr", &addr, "--tls-ca", ca, "--timeout", "10"];
+        let with = |extra: &[&str]| config(&[&common[..], extra].concat());
+
+        let line = run(&with(&[
+            "--mode",
+            "line",
+            "--conns",
+            "4",
+            "--duration",
+            "0.3",
+        ]));
+        assert!(line.requests > 0, "{line:?}");
+        assert_eq!((line.errors, line.timeouts), (0, 0), "{line:?}");
+
+        // Bounded by the request count; the duration only guards against a hang.
+        let before = counts.full.load(Ordering::SeqCst);
+        let connect = run(&with(&[
+            "--mode",
+            "connect",
+            "--conns",
+            "4",
+            "--max-requests",
+            "40",
+            "--duration",
+            "60",
+        ]));
+        assert_eq!(connect.requests, 40, "{connect:?}");
+        assert_eq!((connect.errors, connect.timeouts), (0, 0), "{connect:?}");
+        // One full handshake per request: no session was resumed.
+        assert!(counts.full.load(Ordering::SeqCst) - before >= 40);
+        assert_eq!(counts.resumed.load(Ordering::SeqCst), 0);
+
+        let idle = run(&with(&[
+            "--mode",
+            "idle",
+            "--conns",
+            "8",
+            "--duration",
+            "0.3",
+        ]));
+        assert_eq!(idle.requests, 0, "{idle:?}");
+        assert_eq!(idle.connections.map(|c| c.ready), Some(8), "{idle:?}");
+        assert_eq!(idle.errors, 0, "{idle:?}");
+    }
+
+    #[test]
+    fn a_certificate_our_ca_did_not_sign_fails_every_request() {
+        let dir = TempDir::new("tls-untrusted");
+        make_certificates(&dir.0, "");
+        make_certificates(&dir.0, "other-");
+        let (addr, _) = serve(
+            &dir.0.join("other-server.crt"),
+            &dir.0.join("other-server.key"),
+        );
+        let (addr, ca) = (addr.to_string(), dir.0.join("ca.crt"));
+        let args = [
+            "--mode",
+            "connect",
+            "--addr",
+            &addr,
+            "--tls-ca",
+            ca.to_str().unwrap(),
+        ];
+        let summary = run(&config(&[&args[..], &["--max-requests", "5"]].concat()));
+        assert_eq!(summary.requests, 0, "{summary:?}");
+        assert!(summary.errors >= 1, "{summary:?}");
+        let error = summary.first_error.unwrap_or_default();
+        assert!(error.contains("certificate"), "{error}");
+    }
+
+    #[test]
+    fn the_ca_file_must_hold_a_certificate() {
+        let dir = TempDir::new("tls-ca-file");
+        make_certificates(&dir.0, "");
+        let error = client_config(&dir.0.join("server.key")).unwrap_err();
+        assert!(error.contains("no certificate found"), "{error}");
+        let error = client_config(&dir.0.join("missing.crt")).unwrap_err();
+        assert!(error.contains("missing.crt"), "{error}");
+        assert!(client_config(&dir.0.join("ca.crt")).is_ok());
+    }
+}
