@@ -85,7 +85,9 @@ RESULTS = BENCHES / "results"
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one short round of everything")
-    p.add_argument("--rounds", type=int, help="rounds per scenario (default 3)")
+    p.add_argument(
+        "--rounds", type=int, help="rounds per scenario (default 3; the TLS scenarios 5)"
+    )
     p.add_argument("--duration", type=float, help="seconds per measurement (default 2)")
     p.add_argument(
         "--only",
@@ -124,6 +126,7 @@ def parse_args(argv):
     changes = {}
     if args.rounds:
         changes["rounds"] = changes["burst_rounds"] = max(1, args.rounds)
+        changes["tls_rounds"] = changes["rounds"]
     if args.duration:
         changes["duration"] = args.duration
     if args.c10k_conns:
@@ -354,7 +357,7 @@ def main(argv=None):
             rows = rows_for(scenario.rows)
             run_rounds(
                 rows,
-                settings.rounds,
+                settings.tls_rounds,
                 lambda impl, sc=scenario: measure_throughput(sc, impl, settings, tmp, log),
             )
             text, data = tls_table(
@@ -366,6 +369,7 @@ def main(argv=None):
                 scenario.title,
                 text,
                 data,
+                f"{settings.tls_rounds} round(s) x {settings.duration:g} s per row. "
                 f"{scenario.note} Ratios: the median of the per-round ratios (rounds interleave "
                 "the rows), with their range, against uvloop with ssl= and against our "
                 "plain-TCP reactor.",
@@ -373,7 +377,9 @@ def main(argv=None):
         if "tlsidle" in only and material:
             conns = settings.tls_idle_conns
             rows = rows_for(tls_idle_rows(material))
-            run_rounds(rows, settings.rounds, lambda impl: measure_tls_idle(impl, settings, log))
+            run_rounds(
+                rows, settings.tls_rounds, lambda impl: measure_tls_idle(impl, settings, log)
+            )
             text, data = tls_idle_table(rows, conns, TLS_UVLOOP, TLS_IDLE_TARGETS)
             data = with_runs(rows, data)
             emit(
@@ -381,6 +387,7 @@ def main(argv=None):
                 f"TLS, {conns:,} idle connections: server memory",
                 text,
                 data,
+                f"{settings.tls_rounds} round(s). "
                 f"{conns:,} connections are opened (TLS 1.3, full handshake; plain TCP for "
                 f"{TLS_RS_PLAIN}), each echoes one {settings.size}-byte line, then all are held "
                 f"without traffic for {settings.tls_idle_hold:g} s (loadgen --mode idle; up to "
