@@ -391,10 +391,12 @@ def target_lines(rows, targets, key, what):
             lines.append(f"- Target: {t.row} {what} {bound} {t.base}: not measured.")
             continue
         met = stats["median"] <= t.ratio if t.most else stats["median"] >= t.ratio
+        over = (
+            f"median of {stats['n']} per-round ratios (min-max)" if stats["n"] > 1 else "one round"
+        )
         lines.append(
             f"- Target: {t.row} {what} {bound} {t.base}: {fmt_ratio_range(stats)} "
-            f"(median of {stats['n']} per-round ratios, min-max), "
-            f"{'met' if met else 'NOT met'}."
+            f"({over}), {'met' if met else 'NOT met'}."
         )
     return lines
 
