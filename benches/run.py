@@ -371,8 +371,8 @@ def main(argv=None):
                 data,
                 f"{settings.tls_rounds} round(s) x {settings.duration:g} s per row. "
                 f"{scenario.note} Ratios: the median of the per-round ratios (rounds interleave "
-                "the rows), with their range, against uvloop with ssl= and against our "
-                "plain-TCP reactor.",
+                "the rows), with their range, against uvloop with ssl="
+                + (" and against our plain-TCP reactor." if scenario.second else "."),
             )
         if "tlsidle" in only and material:
             conns = settings.tls_idle_conns

@@ -402,8 +402,8 @@ def target_lines(rows, targets, key, what):
 
 
 def tls_table(rows, base, second, rate, targets, names=("uvloop ssl", "rs plain TCP")):
-    """The TLS throughput rows: medians over rounds, and req/s (or connections/s) as the
-    median of the per-round ratios against ``base`` and ``second`` (in the header:
+    """The TLS throughput rows: medians over rounds, and req/s (or handshakes/s) as the
+    median of the per-round ratios against ``base`` and ``second`` (if any; in the header:
     ``names``), with their range."""
     summaries = {}
     for row in rows:
@@ -424,7 +424,7 @@ def tls_table(rows, base, second, rate, targets, names=("uvloop ssl", "rs plain 
         rate,
         "spread",
         f"{rate} x {names[0]} (min-max)",
-        f"{rate} x {names[1]} (min-max)",
+        *([f"{rate} x {names[1]} (min-max)"] if second else []),
         "p50 µs",
         "p99 µs",
         "errors/timeouts",
@@ -447,7 +447,7 @@ def tls_table(rows, base, second, rate, targets, names=("uvloop ssl", "rs plain 
                 fmt_num(s["rps"], 0),
                 fmt_spread(s["rps_spread"], s["rounds"]),
                 fmt_ratio_range(s["vs_base"]),
-                fmt_ratio_range(s["vs_second"]),
+                *([fmt_ratio_range(s["vs_second"])] if second else []),
                 fmt_num(s["p50_us"]),
                 fmt_num(s["p99_us"]),
                 failures,
