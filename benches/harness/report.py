@@ -392,7 +392,7 @@ def target_lines(rows, targets, key, what):
             continue
         met = stats["median"] <= t.ratio if t.most else stats["median"] >= t.ratio
         over = (
-            f"median of {stats['n']} per-round ratios (min-max)" if stats["n"] > 1 else "one round"
+            f"median and range of {stats['n']} per-round ratios" if stats["n"] > 1 else "one round"
         )
         lines.append(
             f"- Target: {t.row} {what} {bound} {t.base}: {fmt_ratio_range(stats)} "
