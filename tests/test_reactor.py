@@ -296,6 +296,38 @@ def test_stream_server_echoes_each_message(reactor, family, framing):
         assert handler.recorder.messages() == [b"hello\n", b"a second message\n", BINARY_LINE]
 
 
+def server_side_of(client):
+    """A duplicate of the socket in this process whose peer is ``client`` (the server's end
+    of the connection), found through ``/proc/self/fd``."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            candidate = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket, or closed since the listing
+        try:
+            if candidate.type == socket.SOCK_STREAM and candidate.getpeername() == (
+                client.getsockname()
+            ):
+                return candidate
+        except OSError:
+            pass  # a listener or an unconnected socket has no peer
+        candidate.close()
+    raise AssertionError(f"no server-side socket for {client.getsockname()}")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds sockets via /proc")
+def test_tcp_connections_have_nagle_off_like_asyncio_and_uvloop(reactor):
+    # With Nagle on, a reply written after other unacknowledged output (a TLS session
+    # ticket, an earlier send() from a handler thread) waits for the client's delayed ACK.
+    served = reactor.start("tcp", make_handler("line", on_message=lambda self, m: m))
+    client = served.connect()
+    client.sendall(b"ping\n")
+    assert recv_exactly(client, 5) == b"ping\n"
+    with server_side_of(client) as server_end:
+        assert server_end.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    assert served.server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
 @pytest.mark.parametrize("family", STREAM_FAMILIES)
 @pytest.mark.parametrize("framing", ["line", "length32"])
 def test_a_message_written_byte_by_byte_arrives_whole(reactor, family, framing):
