@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -653,3 +654,223 @@ def test_echo_with_workers_stops_gracefully_on_sigterm(start_demo, tmp_path):
 )
 def test_echo_workers_refuses_what_it_cannot_do(args):
     assert_usage_error(run_cli("echo", *args), "python -m socketserver_rs echo")
+
+
+# --- echo over TLS (reactor) ---------------------------------------------------------------------
+
+ECHO_TLS = re.compile(
+    r"uppercase echo on tcp 127\.0\.0\.1:(\d+) with (\w+) over TLS; try `printf 'hello\\n' \| "
+    r"openssl s_client -quiet -connect 127\.0\.0\.1:\d+`"
+)
+ECHO_TLS_UNIX = re.compile(r"uppercase echo on unix (\S+) with (\w+) over TLS;")
+
+
+def wait_for_output(demo, text, *, stream="stdout"):
+    """Wait (bounded) until ``text`` appears in the child's ``stream``; returns that output."""
+    deadline = time.monotonic() + IO_TIMEOUT
+    while text not in (output := getattr(demo, stream)):
+        if time.monotonic() >= deadline or demo.proc.poll() is not None:
+            pytest.fail(f"{text!r} never appeared on {stream}:\n{demo.output()}")
+        time.sleep(0.01)
+    return output
+
+
+def tls_connect(material, port=None, *, path=None, **context_options):
+    """A TLS client of the echo (handshake done)."""
+    if path is not None:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.settimeout(IO_TIMEOUT)
+        raw.connect(path)
+    else:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT)
+    try:
+        return material.client_context(**context_options).wrap_socket(
+            raw, server_hostname="localhost"
+        )
+    except BaseException:
+        raw.close()
+        raise
+
+
+def served_name(client):
+    return dict(item[0] for item in client.getpeercert()["subject"])["commonName"]
+
+
+def tls_exchange(client, payload):
+    """Send ``payload`` on a TLS client of the echo; its reply, up to the close."""
+    with client:
+        client.sendall(payload)
+        return recv_all(client)
+
+
+def install_certificate(directory, cert, key):
+    """Put ``cert`` and ``key`` at ``directory``/server.{crt,key}, each replaced atomically,
+    as a certificate renewal does; the two paths."""
+    paths = []
+    for source, name in ((cert, "server.crt"), (key, "server.key")):
+        staged = directory / f".{name}.new"
+        shutil.copyfile(source, staged)
+        os.replace(staged, directory / name)
+        paths.append(str(directory / name))
+    return paths
+
+
+def test_echo_serves_tls_and_reloads_the_certificate_on_sighup(start_demo, tmp_path, tls_material):
+    cert, key = install_certificate(tmp_path, tls_material.server_cert, tls_material.server_key)
+    demo = start_demo(
+        "echo", "--family", "reactor", "--port", "0", "--tls-cert", cert, "--tls-key", key
+    )
+    port = int(demo.wait_until_serving(ECHO_TLS).group(1))
+    held = tls_connect(tls_material, port)  # open across the reload, handshake done
+    assert served_name(held) == "server-one"
+    client = tls_connect(tls_material, port)
+    assert served_name(client) == "server-one" and client.version() == "TLSv1.3"
+    assert tls_exchange(client, b"hello\n") == b"HELLO\n"
+
+    install_certificate(tmp_path, tls_material.second_server_cert, tls_material.second_server_key)
+    demo.proc.send_signal(signal.SIGHUP)
+    wait_for_output(demo, f"reloaded TLS certificates from {cert}\n")
+    client = tls_connect(tls_material, port)
+    assert served_name(client) == "server-two"
+    assert tls_exchange(client, b"renewed\n") == b"RENEWED\n"
+    assert tls_exchange(held, b"still here\n") == b"STILL HERE\n"  # undisturbed
+
+    # A broken renewal is reported; the certificate loaded last goes on serving.
+    install_certificate(tmp_path, tls_material.server_cert, tls_material.unrelated_key)
+    demo.proc.send_signal(signal.SIGHUP)
+    wait_for_output(
+        demo, "TLS reload failed, still serving the previous certificates: ", stream="stderr"
+    )
+    assert key in demo.stderr and "does not match" in demo.stderr, demo.output()
+    client = tls_connect(tls_material, port)
+    assert served_name(client) == "server-two"
+    assert tls_exchange(client, b"x\n") == b"X\n"
+    assert_stops_cleanly_on_sigint(demo)
+
+
+def test_echo_tls_with_a_combined_pem_alpn_and_client_certificates(start_demo, tls_material):
+    demo = start_demo(
+        "echo",
+        "--family",
+        "reactor",
+        "--port",
+        "0",
+        "--tls-cert",
+        str(tls_material.server_combined),
+        "--tls-client-ca",
+        str(tls_material.ca_cert),
+        "--tls-alpn",
+        "echo/1",
+        "h2",
+    )
+    port = int(demo.wait_until_serving(ECHO_TLS).group(1))
+    client = tls_connect(tls_material, port, alpn=["h2", "echo/1"], client_cert=True)
+    assert client.selected_alpn_protocol() == "echo/1"  # the server's preference
+    assert tls_exchange(client, b"mutual\n") == b"MUTUAL\n"
+    # No client certificate: refused (in the handshake, or at the first read in TLS 1.3).
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        client = tls_connect(tls_material, port)
+        tls_exchange(client, b"anonymous\n")
+    assert_stops_cleanly_on_sigint(demo)
+
+
+@needs_unix
+def test_echo_serves_tls_on_a_unix_socket(start_demo, unix_dir, tls_material):
+    path = os.path.join(str(unix_dir), "tls-echo.sock")
+    demo = start_demo(
+        "echo",
+        "--family",
+        "reactor",
+        "--transport",
+        "unix",
+        "--path",
+        path,
+        "--tls-cert",
+        str(tls_material.server_cert),
+        "--tls-key",
+        str(tls_material.server_key),
+    )
+    assert demo.wait_until_serving(ECHO_TLS_UNIX).groups() == (path, "ReactorUnixStreamServer")
+    assert tls_exchange(tls_connect(tls_material, path=path), b"unix\n") == b"UNIX\n"
+    assert_stops_cleanly_on_sigint(demo)
+    assert not os.path.exists(path)
+
+
+def test_echo_tls_with_a_missing_certificate_exits_1_naming_the_file(tmp_path):
+    missing = str(tmp_path / "missing.crt")
+    result = run_cli("echo", "--family", "reactor", "--port", "0", "--tls-cert", missing)
+    assert result.returncode == 1, result
+    assert f"cannot serve on 127.0.0.1:0: tls_certfile '{missing}'" in result.stderr, result
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--tls-cert", "c.pem"],  # the default family, threading
+        ["--tls-cert", "c.pem", "--family", "pool"],
+        ["--tls-cert", "c.pem", "--family", "reactor", "--transport", "udp"],
+        ["--tls-cert", "c.pem", "--family", "reactor", "--transport", "both"],
+        ["--tls-key", "k.pem", "--family", "reactor"],
+        ["--tls-client-ca", "ca.pem", "--family", "reactor"],
+        ["--tls-alpn", "h2", "--family", "reactor"],
+        ["--tls-alpn", "--tls-cert", "c.pem", "--family", "reactor"],
+    ],
+    ids=[
+        "threading",
+        "pool",
+        "udp",
+        "both",
+        "key-without-cert",
+        "client-ca-without-cert",
+        "alpn-without-cert",
+        "alpn-without-protocol",
+    ],
+)
+def test_echo_tls_options_refuse_what_they_cannot_do(args):
+    result = run_cli("echo", *args)
+    assert_usage_error(result, "python -m socketserver_rs echo")
+    assert "tls" in result.stderr.splitlines()[-1].lower(), result.stderr
+
+
+@needs_proc
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="prefork needs os.fork")
+def test_echo_tls_with_workers_reloads_the_certificate_on_sighup(
+    start_demo, tmp_path, tls_material
+):
+    cert, key = install_certificate(tmp_path, tls_material.server_cert, tls_material.server_key)
+    demo = start_demo(
+        "echo",
+        "--family",
+        "reactor",
+        "--transport",
+        "tcp",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    )
+    banner = re.compile(r"uppercase echo on tcp 127\.0\.0\.1:(\d+) with Prefork\w+ over TLS;")
+    port = int(demo.wait_until_serving(banner).group(1))
+    client = tls_connect(tls_material, port)
+    assert served_name(client) == "server-one"
+    assert tls_exchange(client, b"one\n") == b"ONE\n"
+
+    install_certificate(tmp_path, tls_material.second_server_cert, tls_material.second_server_key)
+    demo.proc.send_signal(signal.SIGHUP)
+    # The new generation of workers serves the new certificate; the old ones drain and stop.
+    deadline = time.monotonic() + IO_TIMEOUT
+    while True:
+        client = tls_connect(tls_material, port)
+        if served_name(client) == "server-two":
+            break
+        client.close()
+        assert time.monotonic() < deadline, f"still server-one after SIGHUP:\n{demo.output()}"
+        time.sleep(0.05)
+    assert tls_exchange(client, b"two\n") == b"TWO\n"
+    assert_stops_cleanly_on_sigint(demo, whole_group=True)
+    assert wait_for_processes_in(tmp_path, 0) == []

@@ -4,7 +4,8 @@ Commands:
 
 - ``echo`` (the default): answers with the uppercased input, over TCP, UDP, both at once on
   one port, or a Unix stream socket, on the server family of your choice (a thread per
-  request, a thread pool, the reactor, or a child process per request).
+  request, a thread pool, the reactor, or a child process per request); on the reactor, over
+  TLS too (``--tls-cert``), where SIGHUP re-reads the certificate files.
 - ``http``: serves a directory over HTTP, as ``python -m http.server`` does, with
   ``http.server`` running on socketserver_rs (through ``install()``).
 - ``run``: runs a Python program (``-m MODULE``, ``-c CODE`` or a script) as ``python`` would,
@@ -146,10 +147,12 @@ def _echo_server(
     address_family: int,
     sock: socket.socket | None = None,
     workers: int | None = None,
+    tls: dict[str, object] | None = None,
 ) -> _Server:
     """Make (and bind) the echo server of ``family`` for ``transport``; on ``sock``, an
     inherited bound socket, when given (``--fd``); pre-forked into ``workers`` processes
-    under a supervising parent, when given (``--workers``).
+    under a supervising parent, when given (``--workers``); serving TLS with the ``tls_*``
+    class attributes ``tls``, when given (``--tls-cert``: reactor streams only).
 
     The demo's settings are class attributes of a subclass, since the constructor binds:
     request threads and children never hold up Ctrl-C (daemon threads, no waiting for the
@@ -162,6 +165,7 @@ def _echo_server(
         "block_on_close": False,
         "allow_reuse_address": transport == "tcp",
         "address_family": address_family,
+        **(tls or {}),
     }
     bases: tuple[type, ...] = (base,)
     if workers is not None:  # `workers` pre-forked processes under a supervising parent
@@ -231,8 +235,47 @@ def _stop_children(pids: Iterable[int]) -> None:
             time.sleep(0.01)
 
 
+def _tls_settings(args: argparse.Namespace) -> dict[str, object] | None:
+    """The reactor's ``tls_*`` class attributes from ``--tls-*`` (None: no TLS)."""
+    if args.tls_cert is None:
+        return None
+    settings: dict[str, object] = {"tls_certfile": args.tls_cert, "tls_keyfile": args.tls_key}
+    if args.tls_client_ca is not None:
+        settings["tls_client_ca"] = args.tls_client_ca
+    if args.tls_alpn:
+        settings["tls_alpn_protocols"] = tuple(args.tls_alpn)
+    return settings
+
+
+def _reload_tls_on_sighup(server: Any) -> Callable[[], None]:
+    """Make SIGHUP call ``server.reload_tls()`` (new handshakes get the certificates now on
+    disk, open connections keep theirs), with a one-line note either way; returns a function
+    that restores the previous handler. The handler runs on the main thread between the
+    engine's waits, and a failed reload leaves the old certificates serving."""
+
+    def reload(signum: int, frame: object) -> None:
+        try:
+            server.reload_tls()
+        except ValueError as error:  # TLSConfigError: the old configuration stays
+            print(
+                f"TLS reload failed, still serving the previous certificates: {error}",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            print(f"reloaded TLS certificates from {server.tls_certfile}", flush=True)
+
+    previous = signal.signal(signal.SIGHUP, reload)
+
+    def restore() -> None:
+        signal.signal(signal.SIGHUP, previous)
+
+    return restore
+
+
 def _run_echo(args: argparse.Namespace) -> int:
     family, transport = args.family, args.transport
+    tls = _tls_settings(args)
     # Forking servers reap their children in service_actions(); the others need no wakeups.
     poll_interval = 0.5 if family == "forking" else None
     # Everything made is undone on the way out, in reverse order, however that happens.
@@ -244,13 +287,13 @@ def _run_echo(args: argparse.Namespace) -> int:
                 transport = _cli_ops.transport_of(sock)
                 where = f"descriptor {args.fd}"
                 primary = _echo_server(
-                    family, transport, None, sock.family, sock, workers=args.workers
+                    family, transport, None, sock.family, sock, workers=args.workers, tls=tls
                 )
                 cleanup.callback(primary.server_close)
             elif transport == "unix":
                 where = args.path
                 primary = _echo_server(
-                    family, "unix", args.path, socket.AF_UNIX, workers=args.workers
+                    family, "unix", args.path, socket.AF_UNIX, workers=args.workers, tls=tls
                 )
                 cleanup.callback(primary.server_close)
                 cleanup.callback(_remove, args.path)
@@ -259,7 +302,12 @@ def _run_echo(args: argparse.Namespace) -> int:
                 address_family = _inet_family(args.host)
                 first = "udp" if transport == "udp" else "tcp"
                 primary = _echo_server(
-                    family, first, (args.host, args.port), address_family, workers=args.workers
+                    family,
+                    first,
+                    (args.host, args.port),
+                    address_family,
+                    workers=args.workers,
+                    tls=tls,
                 )
                 cleanup.callback(primary.server_close)
                 if transport == "both":
@@ -289,7 +337,10 @@ def _run_echo(args: argparse.Namespace) -> int:
                 cleanup.callback(serving.join, 1.0)
                 cleanup.callback(secondary.shutdown)
 
-        print(_echo_banner(transport, primary, secondary), flush=True)
+        if tls is not None and args.workers is None and hasattr(signal, "SIGHUP"):
+            # (With --workers, the prefork parent's SIGHUP reload re-reads them itself.)
+            cleanup.callback(_reload_tls_on_sighup(primary))
+        print(_echo_banner(transport, primary, secondary, tls=tls is not None), flush=True)
         primary.serve_forever(poll_interval)
     return 0
 
@@ -299,8 +350,23 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
-def _echo_banner(transport: str, primary: _Server, secondary: _Server | None) -> str:
+def _echo_banner(
+    transport: str, primary: _Server, secondary: _Server | None, *, tls: bool = False
+) -> str:
     classes = " and ".join(type(s).__name__ for s in (primary, secondary) if s is not None)
+    if tls:
+        if transport == "unix":
+            where = f"unix {primary.server_address}"
+            connect = f"-unix {primary.server_address}"
+        else:
+            host, port = primary.server_address[:2]
+            where = f"tcp {_host_port(host, port)}"
+            connect = f"-connect {_host_port(host, port)}"
+        how = f"`printf 'hello\\n' | openssl s_client -quiet {connect}`"
+        return (
+            f"uppercase echo on {where} with {classes} over TLS; try {how}; "
+            "SIGHUP reloads the certificates; Ctrl-C stops"
+        )
     if transport == "unix":
         path = primary.server_address
         where, how = f"unix {path}", f"`printf 'hello\\n' | nc -U {path}`"
@@ -423,8 +489,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     echo.add_argument(
         "--transport",
         choices=TRANSPORTS,
-        default="both",
-        help="what to serve; both = TCP and UDP on one port (default: %(default)s)",
+        help="what to serve; both = TCP and UDP on one port (default: both; tcp with --tls-cert)",
     )
     echo.add_argument(
         "--family",
@@ -451,6 +516,29 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
             help="serve with N pre-forked worker processes under a supervising parent "
             "(PreforkMixIn); one transport only (default: one process)",
         )
+    tls = echo.add_argument_group(
+        "TLS",
+        "serve the echo over TLS, terminated in the engine (--family reactor, --transport tcp "
+        "or unix); SIGHUP re-reads the files",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="certificate chain, leaf first (and the private key, unless --tls-key is given)",
+    )
+    tls.add_argument("--tls-key", metavar="PEM", help="private key of the certificate")
+    tls.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="CA bundle that clients must present a certificate signed by (mutual TLS)",
+    )
+    tls.add_argument(
+        "--tls-alpn",
+        metavar="PROTOCOL",
+        nargs="+",
+        action="extend",
+        help="ALPN protocols to offer, in order of preference",
+    )
     echo.set_defaults(run=_run_echo)
 
     http_command = commands.add_parser(
@@ -487,6 +575,27 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     return parser, {"echo": echo, "http": http_command}
 
 
+def _check_tls_options(echo: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors for ``--tls-*`` options the echo cannot serve."""
+    given = [
+        option
+        for option, value in [
+            ("--tls-key", args.tls_key),
+            ("--tls-client-ca", args.tls_client_ca),
+            ("--tls-alpn", args.tls_alpn),
+        ]
+        if value is not None
+    ]
+    if args.tls_cert is None:
+        if given:
+            echo.error(f"{given[0]} needs --tls-cert")
+        return
+    if args.family != "reactor":
+        echo.error("--tls-cert needs --family reactor (TLS is terminated in the reactor engine)")
+    if args.transport in ("udp", "both"):
+        echo.error("--tls-cert needs a stream transport: --transport tcp or unix")
+
+
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser, commands = _parser()
     if not argv or (argv[0].startswith("-") and argv[0] not in _TOP_LEVEL_OPTIONS):
@@ -497,6 +606,9 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     if args.command == "echo":
         echo = commands["echo"]
         args.workers = getattr(args, "workers", None)
+        _check_tls_options(echo, args)
+        if args.transport is None:
+            args.transport = "tcp" if args.tls_cert is not None else "both"
         if args.workers is not None and (
             args.family == "forking" or (args.fd is None and args.transport == "both")
         ):
