@@ -17,8 +17,10 @@ time limit, and every server is shut down and closed by the ``tls_servers`` fixt
 """
 
 import os
+import queue
 import re
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -91,11 +93,13 @@ class Seen:
     def __init__(self):
         self.lock = threading.Lock()
         self.connections = []  # dicts of the TLS properties seen in setup()
+        self.handles = []  # the connection handles themselves
         self.messages = []
         self.finished = 0
 
     def add_connection(self, connection):
         with self.lock:
+            self.handles.append(connection)
             self.connections.append(
                 {
                     "tls_version": connection.tls_version,
@@ -203,19 +207,28 @@ class TlsServers:
         self.clients.append(client)
         return client
 
+    def stop(self, server):
+        """``shutdown()`` (on a helper thread, bounded) and ``server_close()`` for ``server``;
+        the problems seen."""
+        (entry,) = [entry for entry in self.started if entry[0] is server]
+        self.started.remove(entry)
+        _, thread, raised = entry
+        caller = threading.Thread(target=server.shutdown, daemon=True)
+        caller.start()
+        caller.join(STOP_TIMEOUT)
+        thread.join(STOP_TIMEOUT)
+        server.server_close()
+        problems = [f"{server!r}: serve_forever() raised {exc!r}" for exc in raised]
+        if thread.is_alive():
+            problems.append(f"{server!r}: serve_forever() did not return")
+        return problems
+
     def close(self):
         for client in self.clients:
             client.close()
         problems = []
-        for server, thread, raised in self.started:
-            caller = threading.Thread(target=server.shutdown, daemon=True)
-            caller.start()
-            caller.join(STOP_TIMEOUT)
-            thread.join(STOP_TIMEOUT)
-            server.server_close()
-            if thread.is_alive():
-                problems.append(f"{server!r}: serve_forever() did not return")
-            problems.extend(f"{server!r}: serve_forever() raised {exc!r}" for exc in raised)
+        for server, _, _ in list(self.started):
+            problems.extend(self.stop(server))
         assert not problems, problems
 
 
@@ -596,8 +609,10 @@ def test_a_mebibyte_through_raw_framing_with_a_small_max_size(tls_servers, tls_m
     assert bytes(received) == chunk.upper() * (sent // len(chunk))
     assert max(len(m) for m in handler.seen.messages) <= 4096
     assert sum(len(m) for m in handler.seen.messages) == sent
-    stats = server.stats()
-    assert stats["bytes_in"] >= sent and stats["bytes_out"] >= sent  # TLS records or plaintext
+    # Counted as TLS records or as plaintext, either way at least what was sent; the engine
+    # counts a write just after it returns, so the client may have the bytes a moment before.
+    wait_for(lambda: server.stats()["bytes_out"] >= sent, f"bytes_out >= {sent}")
+    assert server.stats()["bytes_in"] >= sent
 
 
 @pytest.mark.parametrize("framing", ["line", "length32"])
@@ -612,6 +627,63 @@ def test_one_message_larger_than_a_tls_record_arrives_whole(tls_servers, tls_mat
     assert handler.seen.messages == [message]
 
 
+def test_handler_threads_reply_over_tls(tls_servers, tls_material):
+    handler = echo_handler()
+    cls = type("Threaded", (ReactorTCPServer,), {"handler_threads": 2})
+    server = tls_servers.start(handler, server_class=cls, **server_tls(tls_material))
+    clients = [tls_servers.connect(server, tls_material.client_context()) for _ in range(3)]
+    for round_ in range(20):
+        for index, client in enumerate(clients):
+            client.sendall(b"c%d r%d\n" % (index, round_))
+        for index, client in enumerate(clients):
+            expected = b"C%d R%d\n" % (index, round_)
+            assert recv_exactly(client, len(expected)) == expected
+
+
+def test_send_from_another_thread_reaches_an_idle_tls_client(tls_servers, tls_material):
+    handler = echo_handler(reply=False)
+    server = tls_servers.start(handler, **server_tls(tls_material))
+    client = tls_servers.connect(server, tls_material.client_context())
+    client.sendall(b"subscribe\n")
+    wait_for(lambda: handler.seen.messages, "the first message")
+    (connection,) = handler.seen.handles
+    for index in range(5):  # pushed from this thread while the serving thread waits
+        connection.send(b"push %d\n" % index)
+        assert recv_exactly(client, 7) == b"push %d\n" % index
+
+
+def test_many_clients_handshaking_at_once_are_all_served(tls_servers, tls_material):
+    handler = echo_handler()
+    server = tls_servers.start(handler, **server_tls(tls_material))
+    count = 32
+    raws = []
+    for _ in range(count):  # every TCP connection first, then the handshakes interleave
+        raw = socket.create_connection(server.server_address, timeout=TIMEOUT)
+        tls_servers.clients.append(raw)
+        raws.append(raw)
+    errors = []
+    results = [None] * count
+
+    def talk(index):
+        try:
+            with tls_material.client_context().wrap_socket(
+                raws[index], server_hostname="localhost"
+            ) as client:
+                client.sendall(b"client %d\n" % index)
+                results[index] = recv_exactly(client, len(b"CLIENT %d\n" % index))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=talk, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT * 2)
+    assert not errors, errors
+    assert results == [b"CLIENT %d\n" % i for i in range(count)]
+    wait_for(lambda: server.stats()["tls_handshakes"] == count, f"{count} handshakes")
+
+
 # --------------------------------------------------------------------------------------------
 # Closing: close_notify both ways
 
@@ -624,6 +696,17 @@ def test_a_server_close_sends_close_notify(tls_servers, tls_material):
     client.sendall(b"bye\n")
     assert read_to_end(client) == b"BYE\n"
     wait_for(lambda: handler.seen.finished == 1, "finish()")
+
+
+def test_server_close_sends_close_notify_to_open_connections(tls_servers, tls_material):
+    handler = echo_handler()
+    server = tls_servers.start(handler, **server_tls(tls_material))
+    client = tls_servers.connect(server, tls_material.client_context(), suppress_ragged_eofs=False)
+    client.sendall(b"hi\n")
+    assert recv_exactly(client, 3) == b"HI\n"
+    assert tls_servers.stop(server) == []  # with the client still connected
+    assert read_to_end(client) == b""
+    assert handler.seen.finished == 1
 
 
 def test_a_client_close_notify_delivers_the_last_unterminated_line(tls_servers, tls_material):
@@ -740,6 +823,107 @@ def test_openssl_s_client_verifies_the_server_and_gets_the_echo(tls_servers, tls
     assert seen["tls_version"] == f"TLSv{version}"
     assert seen["alpn_protocol"] == "http/1.1"
     assert handler.seen.messages == [b"hello\n"]
+
+
+class Interactive:
+    """``openssl s_client`` in interactive mode (commands at the start of a line, such as
+    ``K`` for a TLS 1.3 KeyUpdate), its stdout and stderr lines queued by reader threads so a
+    test can wait for each answer instead of sleeping."""
+
+    def __init__(self, port, *args):
+        self.proc = subprocess.Popen(
+            [required_tool("openssl"), "s_client", "-connect", f"{LOOPBACK}:{port}", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.lines = {"stdout": queue.Queue(), "stderr": queue.Queue()}
+        self.seen = {"stdout": [], "stderr": []}
+        self.readers = [
+            threading.Thread(target=self._drain, args=(name,), daemon=True)
+            for name in ("stdout", "stderr")
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    def _drain(self, name):
+        for line in getattr(self.proc, name):
+            self.lines[name].put(line.decode(errors="replace").rstrip("\r\n"))
+        self.lines[name].put(None)
+
+    def send(self, line):
+        self.proc.stdin.write(line)
+        self.proc.stdin.flush()
+
+    def wait_for_line(self, wanted, stream="stdout"):
+        deadline = time.monotonic() + TIMEOUT
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines[stream].get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen[stream].append(line)
+            if line == wanted:
+                return
+        raise AssertionError(f"no line {wanted!r} on {stream}; got {self.seen[stream]!r}")
+
+    def all_lines(self, stream):
+        """Every line of ``stream`` (once the process has ended and ``close()`` ran)."""
+        while not self.lines[stream].empty():
+            line = self.lines[stream].get()
+            if line is not None:
+                self.seen[stream].append(line)
+        return self.seen[stream]
+
+    def close(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=TIMEOUT)
+        for reader in self.readers:
+            reader.join(TIMEOUT)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            stream.close()
+
+
+@pytest.mark.parametrize("command", [b"K\n", b"k\n"], ids=["update-requested", "not-requested"])
+def test_a_tls_1_3_key_update_from_openssl_keeps_the_connection_going(
+    tls_servers, tls_material, command
+):
+    handler = echo_handler()
+    server = tls_servers.start(handler, **server_tls(tls_material))
+    client = Interactive(server.server_address[1], "-CAfile", str(tls_material.ca_cert), "-tls1_3")
+    try:
+        client.send(b"before\n")
+        client.wait_for_line("BEFORE")
+        client.send(command)  # KeyUpdate; K also asks the server to update its keys
+        client.wait_for_line("KEYUPDATE", "stderr")
+        client.send(b"after\n")
+        client.wait_for_line("AFTER")
+        client.send(b"Q\n")
+        assert client.proc.wait(timeout=TIMEOUT) == 0
+    finally:
+        client.close()
+    assert handler.seen.messages == [b"before\n", b"after\n"]
+
+
+def test_tls_1_2_renegotiation_is_refused_and_the_server_goes_on(tls_servers, tls_material):
+    handler = echo_handler()
+    server = tls_servers.start(handler, **server_tls(tls_material))
+    client = Interactive(server.server_address[1], "-CAfile", str(tls_material.ca_cert), "-tls1_2")
+    try:
+        client.send(b"before\n")
+        client.wait_for_line("BEFORE")
+        client.send(b"R\n")  # rustls does not renegotiate: a no_renegotiation alert
+        assert client.proc.wait(timeout=TIMEOUT) != 0
+    finally:
+        client.close()
+    assert any("no renegotiation" in line for line in client.all_lines("stderr"))
+    other = tls_servers.connect(server, tls_material.client_context())
+    other.sendall(b"next\n")
+    assert recv_exactly(other, 5) == b"NEXT\n"
 
 
 def test_openssl_s_client_with_a_client_certificate(tls_servers, tls_material):
