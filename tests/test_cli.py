@@ -582,7 +582,8 @@ def test_echo_help_describes_its_options_and_defaults():
 
     assert result.returncode == 0, result
     assert result.stdout.startswith(f"usage: {PROG} echo")
-    for option in ("--transport", "--family", "--host", "--port", "--path"):
+    options = ("--transport", "--family", "--host", "--port", "--path", "--tls-cert", "--tls-key")
+    for option in (*options, "--tls-client-ca", "--tls-alpn"):
         assert option in result.stdout
     for choice in ("tcp", "udp", "unix", "both", *FAMILIES):
         assert choice in result.stdout

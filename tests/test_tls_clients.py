@@ -1128,6 +1128,20 @@ def test_keyword_arguments_override_class_attributes(tls_servers, tls_material):
     assert common_name(client.getpeercert()) == "server-two"
 
 
+def test_a_keyword_none_turns_off_tls_a_class_attribute_turned_on(tls_servers, tls_material):
+    cls = type(
+        "Configured",
+        (ReactorTCPServer,),
+        {"tls_certfile": tls_material.server_cert, "tls_keyfile": tls_material.server_key},
+    )
+    handler = echo_handler()
+    server = tls_servers.start(handler, server_class=cls, tls_certfile=None)
+    with socket.create_connection(server.server_address, timeout=TIMEOUT) as client:
+        client.sendall(b"plain\n")
+        assert recv_exactly(client, 6) == b"PLAIN\n"
+    assert handler.seen.wait_connections(1)[0]["tls_version"] is None
+
+
 def test_a_plain_reactor_server_reports_no_tls(tls_servers):
     handler = echo_handler()
     server = tls_servers.start(handler)
