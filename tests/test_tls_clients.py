@@ -5,9 +5,12 @@ sockets with ``ssl``, which the reactor's Rust-owned connections cannot be).
 Covered: TLS 1.2 and 1.3 with the version seen on both ends, a minimum version, ALPN by the
 server's preference, client certificates required and optional, RSA and ECDSA server keys, a
 combined certificate-and-key PEM, TCP over IPv4 and IPv6 and Unix stream sockets, every framing
-with messages split across TLS records and many messages in one record, big transfers, the
-close_notify both ways, and the configuration errors raised at construction (naming the file,
-leaving no socket bound and no descriptor open).
+with messages split across TLS records and many messages in one record, big transfers, handler
+threads and cross-thread ``send()``, many handshakes at once, session resumption (and a reload
+starting afresh), a TLS 1.3 KeyUpdate, a refused TLS 1.2 renegotiation, the close_notify both
+ways, and the configuration errors raised at construction (naming the file, leaving no socket
+bound and no descriptor open). The engine's own TLS tests (hostile clients, timeouts,
+backpressure, reload, prefork) are in ``test_tls_engine.py``.
 
 The certificates come from the session fixture ``tls_material`` (``_tls_material.py``). The
 ``openssl`` and ``curl`` command-line tools are required, not optional: ``.ci/run`` installs
