@@ -773,6 +773,45 @@ def test_a_reload_starts_a_fresh_session_cache(tls_servers, tls_material, tmp_pa
     assert common_name(first.getpeercert()) == "server-one"
 
 
+def test_a_client_half_close_still_gets_the_replies_to_its_last_messages(tls_servers, tls_material):
+    """The client sends close_notify and goes on reading (a TLS half-close, which Python's
+    ``SSLObject`` over memory BIOs can do): it gets every reply, the last unterminated line's
+    too, then the server's close_notify, as a plain TCP client that shuts down its writing
+    side gets the replies and then the end."""
+    server = tls_servers.start(echo_handler(), **server_tls(tls_material))
+    raw = socket.create_connection(server.server_address, timeout=TIMEOUT)
+    tls_servers.clients.append(raw)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = tls_material.client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+
+    def pump(call):
+        """``call()`` until it needs nothing more from the server; what it returned."""
+        while True:
+            try:
+                result = call()
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                chunk = raw.recv(1 << 16)
+                if chunk:
+                    incoming.write(chunk)
+                else:
+                    incoming.write_eof()
+                continue
+            raw.sendall(outgoing.read())
+            return result
+
+    pump(tls.do_handshake)
+    tls.write(b"one\ntwo")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.unwrap()  # our close_notify is queued; the server's has not come yet
+    raw.sendall(outgoing.read())
+    received = bytearray()
+    with pytest.raises(ssl.SSLZeroReturnError):  # the server's close_notify, not a bare EOF
+        while True:
+            received += pump(lambda: tls.read(1 << 16))
+    assert bytes(received) == b"ONE\nTWO"
+
+
 # --------------------------------------------------------------------------------------------
 # openssl s_client
 
@@ -1057,6 +1096,31 @@ def test_curl_negotiates_http1_1_by_alpn(tls_servers, tls_material):
     assert result.stdout == "hello over TLSv1.3, alpn http/1.1\n"
     assert re.search(r"ALPN.*server accepted (to use )?http/1\.1", result.stderr), result.stderr
     assert handler.seen.wait_connections(1)[0]["alpn_protocol"] == "http/1.1"
+
+
+def test_curl_with_a_client_certificate_and_without(tls_servers, tls_material):
+    handler = http_handler()
+    server = tls_servers.start(
+        handler, **server_tls(tls_material, tls_client_ca=tls_material.ca_cert)
+    )
+    port = server.server_address[1]
+    mutual = curl(
+        port,
+        tls_material,
+        "--cert",
+        str(tls_material.client_cert),
+        "--key",
+        str(tls_material.client_key),
+    )
+    assert mutual.returncode == 0, mutual.stderr
+    assert mutual.stdout == "hello over TLSv1.3, alpn None\n"
+    assert handler.seen.wait_connections(1)[0]["peer_certificate"] == der_of(
+        tls_material.client_cert
+    )
+    anonymous = curl(port, tls_material)
+    assert anonymous.returncode != 0, anonymous
+    assert anonymous.stdout == ""
+    wait_for_failure(server, "certificate")
 
 
 def test_curl_refuses_a_server_whose_ca_it_does_not_trust(tls_servers, tls_material):
