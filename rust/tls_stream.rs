@@ -132,9 +132,12 @@ impl TlsStream {
     }
 
     /// Read ciphertext from the socket into rustls and decrypt it. `Ok(0)`: end of stream.
-    fn read_records(&mut self, fd: RawFd) -> io::Result<usize> {
+    /// `on_read` is told of the bytes read before they are decrypted, so bytes that turn
+    /// out not to be valid TLS are counted too.
+    fn read_records(&mut self, fd: RawFd, on_read: &mut impl FnMut(usize)) -> io::Result<usize> {
         let n = self.session.read_tls(&mut FdReader(fd))?;
         if n > 0 {
+            on_read(n);
             if let Err(err) = self.session.process_new_packets() {
                 // rustls has queued an alert saying why; it goes out before the close.
                 self.take_records();
@@ -150,9 +153,9 @@ impl TlsStream {
             if !self.session.is_handshaking() {
                 break Progress::Done;
             }
-            match self.read_records(fd) {
+            match self.read_records(fd, &mut |n| Counters::add(&stats.bytes_in, n as u64)) {
                 Ok(0) => break Progress::Failed(Failure::Closed),
-                Ok(n) => Counters::add(&stats.bytes_in, n as u64),
+                Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break Progress::Pending,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) if err.kind() == io::ErrorKind::InvalidData => {
@@ -235,12 +238,9 @@ impl TlsStream {
             if taken >= budget {
                 return ReadEnd::Budget;
             }
-            match self.read_records(fd) {
+            match self.read_records(fd, on_read) {
                 Ok(0) => {} // rustls now reports the end through the reader
-                Ok(n) => {
-                    taken += n;
-                    on_read(n);
-                }
+                Ok(n) => taken += n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return ReadEnd::Drained,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return ReadEnd::Failed,

@@ -1223,11 +1223,6 @@ def test_a_plain_reactor_server_reports_no_tls(tls_servers):
     assert set(stats["tls_handshake_failures"]) == {"timeout", "closed", "protocol", "certificate"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: bytes read by a handshake that fails are not counted in bytes_in "
-    "(the alert written back is counted in bytes_out); docs/stats.md says handshakes count",
-)
 def test_bytes_in_counts_what_a_failed_handshake_read(tls_servers, tls_material):
     server = tls_servers.start(echo_handler(), **server_tls(tls_material))
     garbage = b"GET / HTTP/1.0\r\n\r\n"
