@@ -35,6 +35,9 @@ const SHUTDOWN_SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
 /// `socketserver_rs._fastpath.serving_plan`: whether the engine may acquire requests itself.
 static SERVING_PLAN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// `socketserver_rs._fastpath.stock_service_actions`: whether `service_actions()` is the
+/// stock no-op, which the loop then does not call.
+static STOCK_SERVICE_ACTIONS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// Its answers (see `_fastpath.py`): the engine may accept/receive requests itself …
 const PLAN_FAST: u8 = 1;
 /// … and hand them straight to the worker pool.
@@ -76,6 +79,12 @@ struct Session {
     /// The fast path applies, and the server is a stock pool server: requests go from the
     /// socket to the pool's queue without Python on this thread (see `serve_directly`).
     direct: bool,
+    /// `service_actions()` is the stock no-op: calling it would only cost time.
+    stock_service_actions: bool,
+    /// The last request was a datagram taken off the socket by the fast path: the next one
+    /// may be there already, so `serve_forever()` tries a non-blocking receive before it
+    /// waits (a datagram socket only; see `serve_ready_datagram`).
+    datagram_streak: bool,
     /// The size of the server's instance `__dict__` when the plan was made: a hook assigned
     /// on the instance while serving changes it, and the plan is made again.
     plan_key: Option<usize>,
@@ -123,6 +132,8 @@ impl Engine {
             signals: Some(signals),
             fast: None,
             direct: false,
+            stock_service_actions: false,
+            datagram_streak: false,
             plan_key: None,
             pool,
             backoff: AcceptBackoff::default(),
@@ -187,6 +198,14 @@ impl Session {
             )
         })?;
         let mode: u8 = finalize::call(plan.bind(py), (server,))?.extract()?;
+        let stock = STOCK_SERVICE_ACTIONS.get_or_try_init(py, || {
+            PyResult::Ok(
+                py.import("socketserver_rs._fastpath")?
+                    .getattr("stock_service_actions")?
+                    .unbind(),
+            )
+        })?;
+        self.stock_service_actions = finalize::call(stock.bind(py), (server,))?.is_truthy()?;
         self.fast = if mode >= PLAN_FAST {
             FastPath::for_server(server)?
         } else {
@@ -242,13 +261,8 @@ impl Session {
                 let raw = &mut fast.raw;
                 match detach(py, move || raw.acquire()) {
                     Ok(raw) => {
-                        self.backoff.succeeded();
-                        let args = fast.converter.to_python(py, raw)?;
-                        let served =
-                            finalize::call_method(server, intern!(py, "_rs_serve_acquired"), args);
-                        // As get_request() would, the next datagram uses the current size.
-                        fast.follow_packet_size(server)?;
-                        return served;
+                        self.datagram_streak = matches!(raw, Raw::Datagram(..));
+                        return self.serve_acquired(engine, server, raw);
                     }
                     // get_request() swallows an OSError from accept/recvfrom, serves nothing
                     // (after running signal handlers, for EINTR).
@@ -270,6 +284,64 @@ impl Session {
         };
         self.note_failure(engine, failure);
         Ok(py.None().into_bound(py))
+    }
+
+    /// Verify and process a request the fast path took off the socket, as
+    /// `_handle_request_noblock()` would once `get_request()` returned it.
+    fn serve_acquired<'py>(
+        &mut self,
+        engine: &Engine,
+        server: &Bound<'py, PyAny>,
+        raw: Raw,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = server.py();
+        let Some(fast) = &mut self.fast else {
+            return Ok(py.None().into_bound(py));
+        };
+        self.backoff.succeeded();
+        Counters::bump(&engine.stats.acquired);
+        let args = fast.converter.to_python(py, raw)?;
+        let served = finalize::call_method(server, intern!(py, "_rs_serve_acquired"), args);
+        // As get_request() would, the next datagram uses the current size.
+        fast.follow_packet_size(server)?;
+        served
+    }
+
+    /// A serial server's datagram fast path, right after a datagram was served: take the
+    /// next one with a non-blocking receive instead of waiting first. Under load one is
+    /// nearly always queued, and the wait (a system call and a GIL release) would only
+    /// report it. True if a datagram was served; false (nothing queued, or the plan
+    /// changed) means: wait as usual. The stdlib's loop would have found the socket
+    /// readable and received the same datagram; nothing else differs, as the caller checks
+    /// for shutdown and signals first and calls `service_actions()` after it.
+    fn serve_ready_datagram(
+        &mut self,
+        engine: &Engine,
+        server: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        if !std::mem::take(&mut self.datagram_streak) || self.pool.is_some() {
+            return Ok(false);
+        }
+        // The wait would have run pending signal handlers: so does this path.
+        server.py().check_signals()?;
+        self.refresh_plan(server)?;
+        let Some(fast) = &mut self.fast else {
+            return Ok(false);
+        };
+        if self.direct {
+            return Ok(false);
+        }
+        // recv_from never blocks (MSG_DONTWAIT): it is taken with the GIL held.
+        match fast.raw.acquire() {
+            Ok(raw) => {
+                self.datagram_streak = true;
+                self.serve_acquired(engine, server, raw)?;
+                Ok(true)
+            }
+            // Nothing queued (or an error, which the wait and the next receive will meet
+            // as they would have): wait as usual.
+            Err(_) => Ok(false),
+        }
     }
 
     /// Pool servers with every hook stock: accept (or receive) and queue raw requests for
@@ -520,15 +592,19 @@ impl Engine {
                         session.serve_directly(self, server, interval)?;
                         continue;
                     }
-                    let wakeup = session.wait(server, interval)?;
-                    if self.latch.is_requested() {
-                        break;
+                    if !session.serve_ready_datagram(self, server)? {
+                        let wakeup = session.wait(server, interval)?;
+                        if self.latch.is_requested() {
+                            break;
+                        }
+                        if wakeup.readable {
+                            session.serve_one(self, server)?;
+                        }
+                        session.tend_parking(self, server)?;
                     }
-                    if wakeup.readable {
-                        session.serve_one(self, server)?;
+                    if !session.stock_service_actions {
+                        finalize::call_method(server, intern!(py, "service_actions"), ())?;
                     }
-                    session.tend_parking(self, server)?;
-                    finalize::call_method(server, intern!(py, "service_actions"), ())?;
                 }
                 Ok(())
             })();

@@ -316,3 +316,60 @@ def test_service_actions_assigned_on_the_instance_while_serving_is_called(ss, ha
     calls = []
     server.service_actions = lambda: calls.append(1)
     assert wait_for(lambda: len(calls) >= 2, timeout=2.0)
+
+
+# A serial datagram server that has just served a datagram receives the next one without
+# waiting first (socketserver_rs): a burst already queued must still be served one request
+# at a time, each with every hook and service_actions() after it, and a shutdown request made
+# by a handler must stop the loop before the datagrams behind it.
+
+
+@pytest.mark.parametrize("variant", ["stock", "get_request_super"])
+def test_queued_datagrams_each_get_every_hook_and_service_actions(ss, harness, variant):
+    server = make(harness, ss, "udp", None, variant, handler=recording_handler(ss), record=True)
+    client = harness.datagram_client(server)
+    for i in range(8):
+        client.sendto(b"%d" % i, server.server_address)
+    harness.serve(server, poll_interval=POLL)
+    replies = sorted(client.recv(100) for _ in range(8))
+    assert replies == sorted(b"echo:%d" % i for i in range(8))
+    assert wait_for(lambda: server.log.count("service_actions") >= 8, timeout=2.0)
+    served = [
+        "verify_request",
+        "process_request",
+        "finish_request",
+        "setup",
+        "handle",
+        "finish",
+        "shutdown_request",
+        "close_request",
+        "service_actions",
+    ]
+    assert collapse_service_actions(server.log)[: 8 * len(served)] == served * 8
+
+
+@pytest.mark.parametrize("variant", ["stock", "get_request_super"])
+def test_shutdown_requested_by_a_handler_leaves_the_queued_datagrams_unserved(
+    ss, harness, variant
+):
+    handled = []
+
+    class Handler(ss.BaseRequestHandler):
+        def handle(self):
+            handled.append(self.request[0])
+            if len(handled) == 3:
+                # What shutdown() sets; calling shutdown() here would deadlock the stdlib.
+                self.server._BaseServer__shutdown_request = True
+
+    server = make(harness, ss, "udp", None, variant, handler=Handler)
+    client = harness.datagram_client(server)
+    for i in range(6):
+        client.sendto(b"%d" % i, server.server_address)
+    serving = harness.serve(server, poll_interval=POLL)
+    assert serving.returned.wait(5.0)
+    assert serving.error is None
+    assert handled == [b"0", b"1", b"2"]
+    # The rest are still queued: the next serving call gets them.
+    server._BaseServer__shutdown_request = False
+    server.handle_request()
+    assert handled[-1] == b"3"

@@ -60,3 +60,9 @@ def serving_plan(server: object) -> int:
         and _stock(server, "service_actions") is not None
     )
     return DIRECT if direct else FAST
+
+
+def stock_service_actions(server: object) -> bool:
+    """Whether ``server.service_actions`` is the stock no-op, which the engine then need not
+    call after every request and idle wakeup. Asked along with ``serving_plan``."""
+    return _stock(server, "service_actions") is not None

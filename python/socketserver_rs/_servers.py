@@ -189,12 +189,13 @@ class BaseServer:
         except OSError as error:
             self._rs_engine.note_acquire_error(error.errno)
             return
+        self._rs_engine.note_acquired()
         self._rs_serve_acquired(request, client_address)
 
     def _rs_serve_acquired(self, request, client_address):
         # type: (Any, Address) -> None
-        """Verify and process an acquired request; the engine's fast path calls this."""
-        self._rs_engine.note_acquired()
+        """Verify and process an acquired request; the engine's fast path calls this (and
+        counts the request as acquired itself, saving a call back into it)."""
         if not self.verify_request(request, client_address):
             self.shutdown_request(request)
             return
