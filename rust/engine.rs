@@ -35,13 +35,20 @@ const SHUTDOWN_SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
 /// `socketserver_rs._fastpath.serving_plan`: whether the engine may acquire requests itself.
 static SERVING_PLAN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-/// `socketserver_rs._fastpath.stock_service_actions`: whether `service_actions()` is the
-/// stock no-op, which the loop then does not call.
-static STOCK_SERVICE_ACTIONS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// `socketserver_rs._fastpath.stock_serving`: which parts of the serial loop are stock …
+static STOCK_SERVING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// … `service_actions()` is the no-op, which the loop then does not call …
+const STOCK_SERVICE_ACTIONS: u8 = 1;
+/// … and every hook from `verify_request()` to `close_request()` is stock, so the engine
+/// serves a request it took off the socket itself (see `Session::serve_stock`).
+const STOCK_REQUEST_PATH: u8 = 2;
 /// Its answers (see `_fastpath.py`): the engine may accept/receive requests itself …
 const PLAN_FAST: u8 = 1;
 /// … and hand them straight to the worker pool.
 const PLAN_DIRECT: u8 = 2;
+
+/// How many datagrams in a row `serve_directly` receives without waiting first.
+const DIRECT_DATAGRAM_STREAK: u32 = 32;
 
 /// Why `serve_directly` came back to Python.
 enum DirectExit {
@@ -81,6 +88,8 @@ struct Session {
     direct: bool,
     /// `service_actions()` is the stock no-op: calling it would only cost time.
     stock_service_actions: bool,
+    /// The hooks a request goes through are stock (`STOCK_REQUEST_PATH`).
+    stock_requests: bool,
     /// The last request was a datagram taken off the socket by the fast path: the next one
     /// may be there already, so `serve_forever()` tries a non-blocking receive before it
     /// waits (a datagram socket only; see `serve_ready_datagram`).
@@ -133,6 +142,7 @@ impl Engine {
             fast: None,
             direct: false,
             stock_service_actions: false,
+            stock_requests: false,
             datagram_streak: false,
             plan_key: None,
             pool,
@@ -198,14 +208,16 @@ impl Session {
             )
         })?;
         let mode: u8 = finalize::call(plan.bind(py), (server,))?.extract()?;
-        let stock = STOCK_SERVICE_ACTIONS.get_or_try_init(py, || {
+        let stock = STOCK_SERVING.get_or_try_init(py, || {
             PyResult::Ok(
                 py.import("socketserver_rs._fastpath")?
-                    .getattr("stock_service_actions")?
+                    .getattr("stock_serving")?
                     .unbind(),
             )
         })?;
-        self.stock_service_actions = finalize::call(stock.bind(py), (server,))?.is_truthy()?;
+        let stock: u8 = finalize::call(stock.bind(py), (server,))?.extract()?;
+        self.stock_service_actions = stock & STOCK_SERVICE_ACTIONS != 0;
+        self.stock_requests = stock & STOCK_REQUEST_PATH != 0;
         self.fast = if mode >= PLAN_FAST {
             FastPath::for_server(server)?
         } else {
@@ -300,8 +312,13 @@ impl Session {
         };
         self.backoff.succeeded();
         Counters::bump(&engine.stats.acquired);
+        let stream = matches!(raw, Raw::Connection(..));
         let args = fast.converter.to_python(py, raw)?;
-        let served = finalize::call_method(server, intern!(py, "_rs_serve_acquired"), args);
+        let served = if self.stock_requests {
+            serve_stock(engine, server, &args, stream).map(|()| py.None().into_bound(py))
+        } else {
+            finalize::call_method(server, intern!(py, "_rs_serve_acquired"), args)
+        };
         // As get_request() would, the next datagram uses the current size.
         fast.follow_packet_size(server)?;
         served
@@ -363,45 +380,61 @@ impl Session {
         let (poller, raw, backoff) = (&mut self.poller, &mut fast.raw, &mut self.backoff);
         let (parking, expired) = (&mut self.parking, &mut self.expired);
         let exit = finalize::detach(py, || -> io::Result<DirectExit> {
+            let mut streak = 0;
             loop {
                 if latch.is_requested() {
                     return Ok(DirectExit::Stopped);
                 }
                 let accepting = parking.is_some() || queue.admit();
-                let _ = poller.set_listening(!backoff.is_paused() && accepting);
-                let timeout = shorter(
-                    backoff.cap(interval),
-                    parking.as_ref().and_then(Parking::until_next_deadline),
-                );
-                let wakeup = poller.wait(timeout)?;
-                let mut start = 0;
-                if let Some(parking) = parking.as_mut() {
-                    start = dispatch_parked(
-                        parking,
-                        poller,
-                        queue,
-                        expired,
-                        &engine.stats,
-                        &engine.parked,
+                // Right after a datagram, the next is nearly always queued: receive it
+                // without asking the poller (a bounded streak, so that signals and
+                // wakeups are still looked at regularly).
+                let skip_wait = streak > 0
+                    && streak < DIRECT_DATAGRAM_STREAK
+                    && accepting
+                    && !backoff.is_paused();
+                if !skip_wait {
+                    streak = 0;
+                    let _ = poller.set_listening(!backoff.is_paused() && accepting);
+                    let timeout = shorter(
+                        backoff.cap(interval),
+                        parking.as_ref().and_then(Parking::until_next_deadline),
                     );
-                }
-                if start > 0 {
-                    return Ok(DirectExit::StartWorkers(start));
-                }
-                if wakeup.signalled || !expired.is_empty() {
-                    return Ok(DirectExit::Python);
-                }
-                if !(wakeup.readable || wakeup.woken) {
-                    if poller.ready().is_empty() {
-                        return Ok(DirectExit::Python); // poll_interval (or a deadline)
+                    let wakeup = poller.wait(timeout)?;
+                    let mut start = 0;
+                    if let Some(parking) = parking.as_mut() {
+                        start = dispatch_parked(
+                            parking,
+                            poller,
+                            queue,
+                            expired,
+                            &engine.stats,
+                            &engine.parked,
+                        );
                     }
-                    continue; // parked connections only
-                }
-                if !wakeup.readable {
-                    continue; // a worker freed up, or shutdown: both are looked at above
+                    if start > 0 {
+                        return Ok(DirectExit::StartWorkers(start));
+                    }
+                    if wakeup.signalled || !expired.is_empty() {
+                        return Ok(DirectExit::Python);
+                    }
+                    if !(wakeup.readable || wakeup.woken) {
+                        if poller.ready().is_empty() {
+                            return Ok(DirectExit::Python); // poll_interval (or a deadline)
+                        }
+                        continue; // parked connections only
+                    }
+                    if !wakeup.readable {
+                        continue; // a worker freed up, or shutdown: both are looked at above
+                    }
                 }
                 match raw.acquire() {
                     Ok(item) => {
+                        streak = if matches!(item, Raw::Datagram(..)) {
+                            streak + 1
+                        } else {
+                            0
+                        };
                         backoff.succeeded();
                         Counters::bump(&engine.stats.acquired);
                         let item = match parking.as_mut() {
@@ -418,6 +451,9 @@ impl Session {
                         if let Ok(Submitted::StartWorker) = queue.submit(item) {
                             return Ok(DirectExit::StartWorkers(1));
                         }
+                    }
+                    Err(err) if skip_wait && err.kind() == io::ErrorKind::WouldBlock => {
+                        streak = 0; // nothing queued after all: wait
                     }
                     Err(err) if err.kind() == io::ErrorKind::Interrupted => {
                         return Ok(DirectExit::Python);
@@ -797,6 +833,60 @@ fn dispatch_parked(
         }
     }
     start
+}
+
+/// What `_rs_serve_acquired()` does when every hook on its way is stock: `verify_request()`
+/// is true, `process_request()` is `finish_request()` (which makes the handler and counts
+/// the request) then `shutdown_request()`: for a connection, `shutdown(SHUT_WR)` (an
+/// `OSError` ignored) and `close()`; for a datagram, nothing. A failure goes to Python's
+/// `_rs_request_failed()`, which calls `handle_error()` and `shutdown_request()` with the
+/// exception being handled, as `_rs_serve_acquired()` would. `args`: `(request, address)`.
+fn serve_stock(
+    engine: &Engine,
+    server: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
+    stream: bool,
+) -> PyResult<()> {
+    let py = server.py();
+    let (request, address) = (args.get_item(0)?, args.get_item(1)?);
+    // Read at every request, as finish_request() does.
+    let class = server.getattr(intern!(py, "RequestHandlerClass"))?;
+    let outcome = match finalize::call(&class, (&request, &address, server)) {
+        Ok(_) => {
+            Counters::bump(&engine.stats.requests);
+            if stream {
+                shut_down_connection(engine, &request)
+            } else {
+                Ok(())
+            }
+        }
+        Err(err) => {
+            Counters::bump(&engine.stats.handler_errors);
+            Err(err)
+        }
+    };
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(err) => finalize::call_method(
+            server,
+            intern!(py, "_rs_request_failed"),
+            (request, address, err.into_value(py)),
+        )
+        .map(drop),
+    }
+}
+
+/// The stock `TCPServer.shutdown_request()`: our FIN first (the peer may be gone already),
+/// then `close_request()`'s `close()`.
+fn shut_down_connection(engine: &Engine, request: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = request.py();
+    match request.call_method1(intern!(py, "shutdown"), (libc::SHUT_WR,)) {
+        Err(err) if !err.is_instance_of::<pyo3::exceptions::PyOSError>(py) => return Err(err),
+        _ => {}
+    }
+    request.call_method0(intern!(py, "close"))?;
+    Counters::bump(&engine.stats.closed);
+    Ok(())
 }
 
 /// Start `count` worker threads the pool has already counted.

@@ -349,9 +349,7 @@ def test_queued_datagrams_each_get_every_hook_and_service_actions(ss, harness, v
 
 
 @pytest.mark.parametrize("variant", ["stock", "get_request_super"])
-def test_shutdown_requested_by_a_handler_leaves_the_queued_datagrams_unserved(
-    ss, harness, variant
-):
+def test_shutdown_requested_by_a_handler_leaves_the_queued_datagrams_unserved(ss, harness, variant):
     handled = []
 
     class Handler(ss.BaseRequestHandler):
@@ -373,3 +371,96 @@ def test_shutdown_requested_by_a_handler_leaves_the_queued_datagrams_unserved(
     server._BaseServer__shutdown_request = False
     server.handle_request()
     assert handled[-1] == b"3"
+
+
+# With every hook from verify_request() to close_request() stock, socketserver_rs makes the
+# handler and shuts the request down in Rust (implementation detail: _fastpath.stock_serving).
+# What the hooks would have done must still happen: handle_error() with the exception being
+# handled, the connection shut down, the class attribute read at every request.
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_a_failing_handler_reaches_handle_error_with_its_exception(ss, harness, kind):
+    import sys
+
+    seen = []
+
+    class Handler(ss.BaseRequestHandler):
+        def handle(self):
+            if isinstance(self.request, tuple):
+                data, sock = self.request
+            else:
+                data = self.request.recv(100)
+            if data == b"fail":
+                raise ValueError("boom")
+            reply = b"echo:" + data
+            if isinstance(self.request, tuple):
+                sock.sendto(reply, self.client_address)
+            else:
+                self.request.sendall(reply)
+
+    class Server(server_class(ss, kind)):
+        def handle_error(self, request, client_address):
+            seen.append((sys.exc_info()[0], client_address is not None))
+
+    server = harness.server(Server, (LOOPBACK, 0), Handler)
+    harness.serve(server, poll_interval=POLL)
+    if kind == "tcp":
+        client = harness.connect(server, b"fail")
+        assert recv_until_eof(client) == b""  # shut down after handle_error()
+        assert harness.exchange(server, b"next") == b"echo:next"
+    else:
+        client = harness.datagram_client(server)
+        client.sendto(b"fail", server.server_address)
+        client.sendto(b"next", server.server_address)
+        assert client.recv(100) == b"echo:next"
+    assert seen == [(ValueError, True)]
+
+
+def test_request_handler_class_replaced_while_serving_serves_the_next_request(ss, harness):
+    server = harness.server(ss.TCPServer, (LOOPBACK, 0), echo_handler(ss))
+    harness.serve(server, poll_interval=POLL)
+    assert harness.exchange(server, b"a") == b"echo:a"
+    server.RequestHandlerClass = echo_handler(ss, prefix=b"new:")
+    assert harness.exchange(server, b"b") == b"new:b"
+
+
+def test_keyboard_interrupt_in_a_handler_closes_the_connection_and_ends_serving(ss, harness):
+    class Handler(ss.BaseRequestHandler):
+        def handle(self):
+            self.request.recv(100)
+            raise KeyboardInterrupt
+
+    server = harness.server(ss.TCPServer, (LOOPBACK, 0), Handler)
+    serving = harness.serve(server, poll_interval=POLL)
+    client = harness.connect(server, b"x")
+    assert recv_until_eof(client) == b""
+    assert serving.returned.wait(5.0)
+    assert isinstance(serving.error, KeyboardInterrupt)
+
+
+def test_stock_serving_names_what_the_engine_may_do_itself(rs, harness):
+    """Implementation detail: which servers the engine serves without the Python hooks."""
+    from socketserver_rs._fastpath import STOCK_REQUEST_PATH, STOCK_SERVICE_ACTIONS, stock_serving
+
+    both = STOCK_SERVICE_ACTIONS | STOCK_REQUEST_PATH
+    for cls in (rs.TCPServer, rs.UDPServer):
+        assert stock_serving(harness.server(cls, (LOOPBACK, 0), echo_handler(rs))) == both
+    threading = harness.server(rs.ThreadingUDPServer, (LOOPBACK, 0), echo_handler(rs))
+    assert stock_serving(threading) == STOCK_SERVICE_ACTIONS  # its own process_request
+
+    class Verifying(rs.TCPServer):
+        def verify_request(self, request, client_address):
+            return True
+
+    assert stock_serving(harness.server(Verifying, (LOOPBACK, 0), echo_handler(rs))) == (
+        STOCK_SERVICE_ACTIONS
+    )
+    server = harness.server(rs.UDPServer, (LOOPBACK, 0), echo_handler(rs))
+    server.service_actions = lambda: None
+    assert stock_serving(server) == STOCK_REQUEST_PATH
+    # A datagram server with a stream server's shutdown_request is not stock.
+    mixed = type("Mixed", (rs.UDPServer,), {"shutdown_request": rs.TCPServer.shutdown_request})
+    assert not stock_serving(harness.server(mixed, (LOOPBACK, 0), echo_handler(rs))) & (
+        STOCK_REQUEST_PATH
+    )

@@ -62,7 +62,27 @@ def serving_plan(server: object) -> int:
     return DIRECT if direct else FAST
 
 
-def stock_service_actions(server: object) -> bool:
-    """Whether ``server.service_actions`` is the stock no-op, which the engine then need not
-    call after every request and idle wakeup. Asked along with ``serving_plan``."""
-    return _stock(server, "service_actions") is not None
+# stock_serving's answers, bits the engine tests.
+STOCK_SERVICE_ACTIONS, STOCK_REQUEST_PATH = 1, 2
+
+
+def stock_serving(server: object) -> int:
+    """Which parts of the serial loop are stock, so that the engine may do them itself:
+    ``STOCK_SERVICE_ACTIONS`` (the no-op: not called at all) and ``STOCK_REQUEST_PATH``
+    (``verify_request``, ``process_request``, ``finish_request``, ``shutdown_request`` and
+    ``close_request`` are the stock ones for the socket's type: the engine instantiates
+    ``RequestHandlerClass`` and shuts the request down itself, and calls Python's
+    ``_rs_request_failed`` only when the handler raises). Asked with ``serving_plan``."""
+    bits = STOCK_SERVICE_ACTIONS if _stock(server, "service_actions") is not None else 0
+    sock = getattr(server, "socket", None)
+    kind = sock.type if type(sock) is socket.socket else None
+    if (
+        kind is not None
+        and _stock(server, "verify_request") is not None
+        and _stock(server, "process_request") is True
+        and _stock(server, "finish_request") is not None
+        and _stock(server, "shutdown_request") == kind
+        and _stock(server, "close_request") == kind
+    ):
+        bits |= STOCK_REQUEST_PATH
+    return bits

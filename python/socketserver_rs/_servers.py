@@ -208,6 +208,20 @@ class BaseServer:
             self.shutdown_request(request)
             raise
 
+    def _rs_request_failed(self, request, client_address, error):
+        # type: (Any, Address, BaseException) -> None
+        """The engine served a request with stock hooks itself (see ``_fastpath``) and the
+        handler raised ``error``: what ``_rs_serve_acquired`` does then, with ``error``
+        being handled (``handle_error()`` reads it from ``sys.exc_info()``)."""
+        try:
+            raise error
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
     def handle_timeout(self):
         # type: () -> None
         """Called when ``handle_request()`` times out. May be overridden."""
@@ -218,6 +232,7 @@ class BaseServer:
         """Return True to serve the request, False to drop it. May be overridden."""
         return True
 
+    @default_hook()
     def process_request(self, request, client_address):
         # type: (Any, Address) -> None
         """Handle the request, then shut it down. Overridden by the mixins."""
@@ -229,6 +244,7 @@ class BaseServer:
         """Clean up the server. May be overridden."""
         self._rs_engine.release()
 
+    @default_hook()
     def finish_request(self, request, client_address):
         # type: (Any, Address) -> None
         """Handle the request by instantiating ``RequestHandlerClass``."""
@@ -356,6 +372,7 @@ class TCPServer(BaseServer):
                 pass  # the peer may have reset already; the handler will find out
         return request, client_address
 
+    @default_hook(socket.SOCK_STREAM)
     def shutdown_request(self, request):
         # type: (Any) -> None
         """Send our FIN, then close the connection."""
@@ -367,6 +384,7 @@ class TCPServer(BaseServer):
             pass  # the peer may be gone already
         self.close_request(request)
 
+    @default_hook(socket.SOCK_STREAM)
     def close_request(self, request):
         # type: (Any) -> None
         """Close the connection's socket."""
@@ -397,11 +415,13 @@ class UDPServer(TCPServer):
         # type: () -> None
         """Datagram sockets do not listen."""
 
+    @default_hook(socket.SOCK_DGRAM)
     def shutdown_request(self, request):
         # type: (Any) -> None
         """Nothing to shut down for a datagram."""
         self.close_request(request)
 
+    @default_hook(socket.SOCK_DGRAM)
     def close_request(self, request):
         # type: (Any) -> None
         """Nothing to close: the socket is the server's."""
