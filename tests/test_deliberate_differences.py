@@ -305,6 +305,43 @@ def test_a_hook_patched_on_the_class_while_serving_is_used_from_the_next_serving
     assert calls == [1], "the next serving call sees the patched hook"
 
 
+@pytest.mark.parametrize(
+    "hook", ["verify_request", "process_request", "finish_request", "shutdown_request"]
+)
+def test_a_request_hook_patched_on_the_class_while_serving_is_used_from_the_next_serving_call(
+    harness, hook
+):
+    """Difference: with every hook from ``verify_request`` to ``close_request`` stock, the
+    engine serves a request itself, decided as the fast path is (once per serving call, and
+    again when the instance attributes change). One of them patched onto the *class* while
+    ``serve_forever()`` runs is first called by the next serving call."""
+
+    class Handler(rs.StreamRequestHandler):
+        def handle(self):
+            self.wfile.write(b"echo:" + self.rfile.read())
+
+    class Server(rs.TCPServer):
+        pass
+
+    server = harness.server(Server, (LOOPBACK, 0), Handler)
+    serving = harness.serve(server)
+    assert harness.exchange(server, b"a") == b"echo:a"
+    calls = []
+    stock = getattr(rs.TCPServer, hook)
+
+    def counting(self, *args):
+        calls.append(1)
+        return stock(self, *args)
+
+    setattr(Server, hook, counting)
+    assert harness.exchange(server, b"b") == b"echo:b"
+    assert calls == [], "the running serving call keeps its plan"
+    serving.stop()
+    harness.serve(server)
+    assert harness.exchange(server, b"c") == b"echo:c"
+    assert calls == [1], "the next serving call sees the patched hook"
+
+
 def test_a_datagram_taken_by_another_reader_does_not_block_the_loop(harness):
     """Difference: after a wakeup, the engine's fast path receives without waiting
     (``MSG_DONTWAIT``). When two servers share one datagram socket, both wake for each
