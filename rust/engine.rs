@@ -47,9 +47,6 @@ const PLAN_FAST: u8 = 1;
 /// … and hand them straight to the worker pool.
 const PLAN_DIRECT: u8 = 2;
 
-/// How many datagrams in a row `serve_directly` receives without waiting first.
-const DIRECT_DATAGRAM_STREAK: u32 = 32;
-
 /// Why `serve_directly` came back to Python.
 enum DirectExit {
     /// Shutdown was requested.
@@ -380,61 +377,45 @@ impl Session {
         let (poller, raw, backoff) = (&mut self.poller, &mut fast.raw, &mut self.backoff);
         let (parking, expired) = (&mut self.parking, &mut self.expired);
         let exit = finalize::detach(py, || -> io::Result<DirectExit> {
-            let mut streak = 0;
             loop {
                 if latch.is_requested() {
                     return Ok(DirectExit::Stopped);
                 }
                 let accepting = parking.is_some() || queue.admit();
-                // Right after a datagram, the next is nearly always queued: receive it
-                // without asking the poller (a bounded streak, so that signals and
-                // wakeups are still looked at regularly).
-                let skip_wait = streak > 0
-                    && streak < DIRECT_DATAGRAM_STREAK
-                    && accepting
-                    && !backoff.is_paused();
-                if !skip_wait {
-                    streak = 0;
-                    let _ = poller.set_listening(!backoff.is_paused() && accepting);
-                    let timeout = shorter(
-                        backoff.cap(interval),
-                        parking.as_ref().and_then(Parking::until_next_deadline),
+                let _ = poller.set_listening(!backoff.is_paused() && accepting);
+                let timeout = shorter(
+                    backoff.cap(interval),
+                    parking.as_ref().and_then(Parking::until_next_deadline),
+                );
+                let wakeup = poller.wait(timeout)?;
+                let mut start = 0;
+                if let Some(parking) = parking.as_mut() {
+                    start = dispatch_parked(
+                        parking,
+                        poller,
+                        queue,
+                        expired,
+                        &engine.stats,
+                        &engine.parked,
                     );
-                    let wakeup = poller.wait(timeout)?;
-                    let mut start = 0;
-                    if let Some(parking) = parking.as_mut() {
-                        start = dispatch_parked(
-                            parking,
-                            poller,
-                            queue,
-                            expired,
-                            &engine.stats,
-                            &engine.parked,
-                        );
+                }
+                if start > 0 {
+                    return Ok(DirectExit::StartWorkers(start));
+                }
+                if wakeup.signalled || !expired.is_empty() {
+                    return Ok(DirectExit::Python);
+                }
+                if !(wakeup.readable || wakeup.woken) {
+                    if poller.ready().is_empty() {
+                        return Ok(DirectExit::Python); // poll_interval (or a deadline)
                     }
-                    if start > 0 {
-                        return Ok(DirectExit::StartWorkers(start));
-                    }
-                    if wakeup.signalled || !expired.is_empty() {
-                        return Ok(DirectExit::Python);
-                    }
-                    if !(wakeup.readable || wakeup.woken) {
-                        if poller.ready().is_empty() {
-                            return Ok(DirectExit::Python); // poll_interval (or a deadline)
-                        }
-                        continue; // parked connections only
-                    }
-                    if !wakeup.readable {
-                        continue; // a worker freed up, or shutdown: both are looked at above
-                    }
+                    continue; // parked connections only
+                }
+                if !wakeup.readable {
+                    continue; // a worker freed up, or shutdown: both are looked at above
                 }
                 match raw.acquire() {
                     Ok(item) => {
-                        streak = if matches!(item, Raw::Datagram(..)) {
-                            streak + 1
-                        } else {
-                            0
-                        };
                         backoff.succeeded();
                         Counters::bump(&engine.stats.acquired);
                         let item = match parking.as_mut() {
@@ -451,9 +432,6 @@ impl Session {
                         if let Ok(Submitted::StartWorker) = queue.submit(item) {
                             return Ok(DirectExit::StartWorkers(1));
                         }
-                    }
-                    Err(err) if skip_wait && err.kind() == io::ErrorKind::WouldBlock => {
-                        streak = 0; // nothing queued after all: wait
                     }
                     Err(err) if err.kind() == io::ErrorKind::Interrupted => {
                         return Ok(DirectExit::Python);
