@@ -99,8 +99,11 @@ struct Session {
     backoff: AcceptBackoff,
     /// Connections waiting for their first bytes (`dispatch_when_readable`, pools only).
     parking: Option<Parking<WorkItem>>,
-    /// Parked Python-made requests whose first-byte timeout passed: `shutdown_request()`.
+    /// Parked Python-made requests to `shutdown_request()`: their first-byte timeout passed,
+    /// or the loop is ending.
     expired: Vec<Py<PyAny>>,
+    /// How many of `expired` timed out: counted once they are closed.
+    expired_timeouts: u64,
 }
 
 impl Engine {
@@ -146,6 +149,7 @@ impl Engine {
             backoff: AcceptBackoff::default(),
             parking: None,
             expired: Vec::new(),
+            expired_timeouts: 0,
         })
     }
 
@@ -376,6 +380,7 @@ impl Session {
         let latch = &engine.latch;
         let (poller, raw, backoff) = (&mut self.poller, &mut fast.raw, &mut self.backoff);
         let (parking, expired) = (&mut self.parking, &mut self.expired);
+        let expired_timeouts = &mut self.expired_timeouts;
         let exit = finalize::detach(py, || -> io::Result<DirectExit> {
             loop {
                 if latch.is_requested() {
@@ -390,7 +395,8 @@ impl Session {
                 let wakeup = poller.wait(timeout)?;
                 let mut start = 0;
                 if let Some(parking) = parking.as_mut() {
-                    start = dispatch_parked(
+                    let timed_out;
+                    (start, timed_out) = dispatch_parked(
                         parking,
                         poller,
                         queue,
@@ -398,6 +404,7 @@ impl Session {
                         &engine.stats,
                         &engine.parked,
                     );
+                    *expired_timeouts += timed_out;
                 }
                 if start > 0 {
                     return Ok(DirectExit::StartWorkers(start));
@@ -450,7 +457,7 @@ impl Session {
             }
         })
         .map_err(|e| os_error(&e))?;
-        self.close_expired(server)?;
+        self.close_expired(engine, server)?;
         py.check_signals()?;
         if let DirectExit::StartWorkers(count) = exit {
             start_workers(server, count)?;
@@ -504,7 +511,7 @@ impl Session {
                 }
             }
         }
-        self.close_expired(server)?;
+        self.close_expired(engine, server)?;
         start_workers(server, start)
     }
 
@@ -541,26 +548,29 @@ impl Session {
         let (Some(parking), Some(pool)) = (&mut self.parking, &self.pool) else {
             return Ok(());
         };
-        let start = handed_start
-            + dispatch_parked(
-                parking,
-                &self.poller,
-                pool.get().queue(),
-                &mut self.expired,
-                &engine.stats,
-                &engine.parked,
-            );
-        self.close_expired(server)?;
-        start_workers(server, start)
+        let (dispatched_start, timed_out) = dispatch_parked(
+            parking,
+            &self.poller,
+            pool.get().queue(),
+            &mut self.expired,
+            &engine.stats,
+            &engine.parked,
+        );
+        self.expired_timeouts += timed_out;
+        self.close_expired(engine, server)?;
+        start_workers(server, handed_start + dispatched_start)
     }
 
-    /// `shutdown_request()` for parked Python-made requests that stayed silent too long.
-    fn close_expired(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// `shutdown_request()` for parked Python-made requests that stayed silent too long (or
+    /// are left when the loop ends); then the timeouts among them are counted.
+    fn close_expired(&mut self, engine: &Engine, server: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = server.py();
         for args in std::mem::take(&mut self.expired) {
             let request = args.bind(py).get_item(0)?;
             finalize::call_method(server, intern!(py, "shutdown_request"), (request,))?;
         }
+        let timed_out = std::mem::take(&mut self.expired_timeouts);
+        Counters::add(&engine.stats.first_byte_timeouts, timed_out);
         Ok(())
     }
 
@@ -779,9 +789,12 @@ fn park_raw(parking: &mut Parking<WorkItem>, poller: &Poller, raw: Raw) -> Optio
 
 /// Hand parked connections that spoke to the workers and take out those that stayed silent
 /// too long: raw ones are closed here, Python-made ones go to `expired` (their
-/// `shutdown_request()` needs Python). Returns how many workers to start. No Python here.
+/// `shutdown_request()` needs Python). Returns how many workers to start, and how many of
+/// `expired` timed out (the caller counts those once they are closed). No Python here.
 /// The `parked` gauge is updated before anything is handed on or closed, so a client that
-/// sees its connection closed (or a counter that says so) never finds it still counted there.
+/// sees its connection closed (or a counter that says so) never finds it still counted there;
+/// a first-byte timeout is counted after its close, so a reader who sees the timeout counted
+/// also sees the connection gone from `active_connections`.
 fn dispatch_parked(
     parking: &mut Parking<WorkItem>,
     poller: &Poller,
@@ -789,7 +802,7 @@ fn dispatch_parked(
     expired: &mut Vec<Py<PyAny>>,
     stats: &Counters,
     parked: &AtomicUsize,
-) -> usize {
+) -> (usize, u64) {
     let readable = parking.take_readable(poller);
     let silent = parking.take_expired(poller, Instant::now());
     parked.store(parking.len(), Ordering::Relaxed);
@@ -800,17 +813,21 @@ fn dispatch_parked(
             start += 1;
         }
     }
+    let mut expired_silent = 0;
     for item in silent {
-        Counters::bump(&stats.first_byte_timeouts);
         match item {
             WorkItem::Raw(raw) => {
                 drop(raw); // closes the connection; no handler ran
                 Counters::bump(&stats.closed);
+                Counters::bump(&stats.first_byte_timeouts);
             }
-            WorkItem::Ready(args) => expired.push(args),
+            WorkItem::Ready(args) => {
+                expired.push(args);
+                expired_silent += 1;
+            }
         }
     }
-    start
+    (start, expired_silent)
 }
 
 /// What `_rs_serve_acquired()` does when every hook on its way is stock: `verify_request()`
