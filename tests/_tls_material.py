@@ -89,6 +89,7 @@ def _issue(
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
     )
     if ca:
         builder = builder.add_extension(
@@ -104,8 +105,13 @@ def _issue(
                 decipher_only=False,
             ),
             critical=True,
-        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        )
     else:
+        # Python 3.13's default client context verifies strictly (VERIFY_X509_STRICT), which
+        # requires an Authority Key Identifier on every certificate a CA issued.
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
+        )
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         if not client:
