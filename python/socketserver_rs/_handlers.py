@@ -91,7 +91,9 @@ def _reader(sock, bufsize):
     if type(sock) is not socket.socket:
         return sock.makefile("rb", bufsize)
     raw = _SocketReader(sock, "rb")
-    sock._io_refs += 1  # type: ignore[attr-defined]  # as makefile() counts its files
+    # _io_refs is socket.socket's private count of open makefile() files (not in typeshed);
+    # counting ours keeps the socket open while rfile is, as makefile() does.
+    sock._io_refs += 1  # type: ignore[attr-defined]
     if bufsize is None or bufsize < 0:
         bufsize = DEFAULT_BUFFER_SIZE
     if bufsize == 0:
@@ -107,16 +109,20 @@ class _SocketReader(socket.SocketIO):
 
     def __init__(self, sock, mode):
         # type: (socket.socket, str) -> None
+        # typeshed types SocketIO's mode as a Literal; "rb" is one of its values at runtime.
         super().__init__(sock, mode)  # type: ignore[arg-type]
         self._reader = _core.SocketReader()
 
     def readinto(self, b):
         # type: (Buffer) -> int | None
         self._checkClosed()
+        # SocketIO's own private checks and timed-out flag, which typeshed does not declare:
+        # using them keeps its error messages and its state after a timeout.
         self._checkReadable()  # type: ignore[attr-defined]
         if self._timeout_occurred:  # type: ignore[has-type]
             raise OSError("cannot read from timed out object")
         try:
+            # SocketIO keeps its socket in the undeclared attribute _sock.
             return self._reader.readinto(self._sock, b)  # type: ignore[attr-defined]
         except TimeoutError:
             self._timeout_occurred = True
