@@ -26,7 +26,15 @@ def summarize_throughput(row):
         "client_cpu_s": median([r["client_cpu_s"] for r in runs]),
         "first_error": next((r["first_error"] for r in runs if r["first_error"]), None),
         "rounds": len(runs),
+        # Persistent connections that made a round trip while the clock ran (fewest over the
+        # rounds), out of those opened; None for connection-per-request and datagram loads.
+        "served_min": min((r.get("conns_served") for r in runs), default=None, key=_or_zero),
+        "conns": runs[0].get("conns") if runs else None,
     }
+
+
+def _or_zero(value):
+    return value or 0
 
 
 def fmt_num(value, digits=None):
@@ -98,6 +106,8 @@ def throughput_table(rows, second=None, second_name="uvloop streams"):
         failures = f"{s['errors']}/{s['timeouts']}"
         if s["errors"] and s["first_error"]:
             failures += f" ({s['first_error'][:40]})"
+        if s["served_min"] is not None and s["conns"] and s["served_min"] < s["conns"]:
+            failures += f" ({s['served_min']:,} of {s['conns']:,} connections served)"
         line = [
             label,
             fmt_num(s["rps"], 0),
