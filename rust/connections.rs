@@ -40,8 +40,11 @@ pub struct Conn<H> {
     out_start: usize,
     pub handler: H,
     pub last_active: Instant,
-    /// Readiness was reported and not yet read down to `WouldBlock`.
+    /// Readiness was reported and not yet read down to `WouldBlock` (or a short read).
     pub readable: bool,
+    /// The poller reported the peer's end of stream or an error: read on until the read
+    /// says which, since no later readiness event would come for it.
+    pub hung_up: bool,
     /// Reading is paused because too much output is waiting (backpressure).
     pub paused: bool,
     /// No more input will come (end of stream, or the handler asked to close).
@@ -77,6 +80,7 @@ impl<H> Conn<H> {
             handler,
             last_active: Instant::now(),
             readable: false,
+            hung_up: false,
             paused: false,
             read_closed: false,
             closing: false,
@@ -166,6 +170,14 @@ impl<H> Conn<H> {
 
     /// Read until the socket has nothing more or `budget` bytes were read, feeding the
     /// decoder; each complete message goes to `emit`.
+    ///
+    /// A read that returns less than was asked for has emptied the socket's receive queue
+    /// (a stream socket's read takes all that is queued, up to the buffer), so reading stops
+    /// there instead of asking again only to get `WouldBlock`: that saves one syscall per
+    /// request in a request-reply exchange. Readiness is edge-triggered and every arrival
+    /// raises a new edge, so bytes that come later are reported. The exception is a peer
+    /// that hung up (`hung_up`): its end of stream raises no edge of its own once reported,
+    /// so such a connection is read down to the end.
     pub fn read_messages(
         &mut self,
         scratch: &mut [u8],
@@ -199,6 +211,10 @@ impl<H> Conn<H> {
                     self.last_active = Instant::now();
                     if let Err(err) = self.decoder.feed(&scratch[..n], emit) {
                         return ReadStop::Framing(err);
+                    }
+                    if n < limit && !self.hung_up {
+                        self.readable = false;
+                        return ReadStop::Drained;
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {

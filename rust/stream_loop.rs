@@ -254,6 +254,7 @@ impl<'r> StreamLoop<'r> {
             let Some(conn) = self.conns.get_mut(ready.source) else {
                 continue;
             };
+            conn.hung_up |= ready.closed;
             if (ready.readable || ready.closed) && !conn.readable {
                 conn.readable = true;
                 self.to_read.push(ready.source);
