@@ -47,7 +47,7 @@ def per_request(summary, served):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("impl", choices=["stdlib", "rs"])
+    p.add_argument("impl", choices=["stdlib", "rs", "asyncio", "uvloop", "mio"])
     p.add_argument("kind")
     p.add_argument("mode", choices=["tcp", "connect", "udp", "line"])
     p.add_argument("--conns", type=int, default=16)

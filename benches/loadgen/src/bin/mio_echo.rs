@@ -84,11 +84,19 @@ fn wait(poll: &mut Poll, events: &mut Events, deadline: Instant) -> io::Result<b
 struct Echo<S> {
     stream: S,
     backlog: Vec<u8>,
+    /// The poller reported the peer's end of stream or an error, which raises no later edge.
+    hung_up: bool,
 }
 
 impl<S: Read + Write> Echo<S> {
     /// Echoes until the socket would block; `false` when the connection is finished.
+    ///
+    /// A read shorter than `buf` has emptied the receive queue, and later bytes raise a new
+    /// edge, so once its echo is written the connection waits for that edge instead of
+    /// reading again for `WouldBlock` (as the reactor does; libuv stops there too). A peer
+    /// that hung up is read to the end.
     fn drive(&mut self, buf: &mut [u8]) -> bool {
+        let mut emptied = false;
         loop {
             while !self.backlog.is_empty() {
                 match self.stream.write(&self.backlog) {
@@ -100,6 +108,9 @@ impl<S: Read + Write> Echo<S> {
                     Err(_) => return false,
                 }
             }
+            if emptied {
+                return true;
+            }
             let n = match self.stream.read(buf) {
                 Ok(0) => return false,
                 Ok(n) => n,
@@ -108,6 +119,7 @@ impl<S: Read + Write> Echo<S> {
                 Err(_) => return false,
             };
             self.backlog.extend_from_slice(&buf[..n]);
+            emptied = n < buf.len() && !self.hung_up;
         }
     }
 }
@@ -146,6 +158,7 @@ where
                                 Echo {
                                     stream,
                                     backlog: Vec::new(),
+                                    hung_up: false,
                                 },
                             );
                         }
@@ -156,6 +169,7 @@ where
                     }
                 }
             } else if let Some(conn) = conns.get_mut(&event.token()) {
+                conn.hung_up |= event.is_read_closed() || event.is_error();
                 if !conn.drive(&mut buf) {
                     if let Some(mut conn) = conns.remove(&event.token()) {
                         poll.registry().deregister(&mut conn.stream)?;
