@@ -459,6 +459,24 @@ def test_eof_in_the_middle_of_a_line_delivers_the_unterminated_last_line(reactor
 
 
 @pytest.mark.parametrize("family", STREAM_FAMILIES)
+def test_end_of_stream_after_the_last_reply_is_seen(reactor, family):
+    # The reactor stops reading a connection after a short read (the socket had nothing more
+    # queued) instead of reading again for EWOULDBLOCK; an end of stream that comes alone,
+    # after the reply, must still be noticed, and so must one that follows many requests.
+    handler = make_handler("line")
+    served = reactor.start(family, handler)
+    client = served.connect()
+    for i in range(200):
+        client.sendall(b"m%d\n" % i)
+        assert recv_exactly(client, len(b"M%d\n" % i)) == b"M%d\n" % i
+    client.shutdown(socket.SHUT_WR)
+    assert read_until_closed(client) == b""
+    handler.recorder.wait_count("finish", 1)
+    assert len(handler.recorder.messages()) == 200
+    assert handler.recorder.errors() == []
+
+
+@pytest.mark.parametrize("family", STREAM_FAMILIES)
 def test_an_unterminated_last_line_of_exactly_max_message_size_is_delivered_at_eof(reactor, family):
     # Not longer than max_message_size, so not an error: the limit is on message size, and a
     # last line without a newline is a message once the client closes.
