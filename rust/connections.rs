@@ -386,6 +386,39 @@ mod tests {
     }
 
     #[test]
+    fn a_short_read_ends_the_read_unless_the_peer_hung_up() {
+        let (mut conn, mut peer) = pair(Framing::Line, 64);
+        peer.write_all(b"one\n").unwrap();
+        drop(peer); // the end of stream is queued behind the line
+        let mut got = Vec::new();
+        let mut scratch = [0u8; 64];
+        // The line came in a short read: no second read, so the end is not seen yet (the
+        // poller would report the hang-up and set `hung_up`)...
+        let stop = conn.read_messages(&mut scratch, 1 << 20, &mut |m| got.push(m.to_vec()));
+        assert!(matches!(stop, ReadStop::Drained));
+        assert!(!conn.readable && !conn.read_closed);
+        assert_eq!(got, vec![b"one\n".to_vec()]);
+        // ...and once it has, reading goes on to the end.
+        conn.hung_up = true;
+        let stop = conn.read_messages(&mut scratch, 1 << 20, &mut |m| got.push(m.to_vec()));
+        assert!(matches!(stop, ReadStop::Eof));
+        assert!(conn.read_closed);
+    }
+
+    #[test]
+    fn a_peer_that_hung_up_is_read_to_the_end_in_one_go() {
+        let (mut conn, mut peer) = pair(Framing::Line, 64);
+        peer.write_all(b"one\ntwo").unwrap();
+        drop(peer);
+        conn.hung_up = true;
+        let mut got = Vec::new();
+        let mut scratch = [0u8; 64];
+        let stop = conn.read_messages(&mut scratch, 1 << 20, &mut |m| got.push(m.to_vec()));
+        assert!(matches!(stop, ReadStop::Eof));
+        assert_eq!(got, vec![b"one\n".to_vec(), b"two".to_vec()]);
+    }
+
+    #[test]
     fn budget_stops_a_firehose_and_eof_is_seen() {
         let (mut conn, mut peer) = pair(Framing::Raw, 1 << 16);
         peer.write_all(&[7u8; 1000]).unwrap();

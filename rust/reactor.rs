@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -67,6 +67,10 @@ pub enum Command {
 #[derive(Debug, Default)]
 pub struct Shared {
     commands: Mutex<Vec<Command>>,
+    /// Whether `commands` may hold something: set and cleared only under its lock, read
+    /// without it, so the loop's look after every handler call costs no lock when (as on
+    /// most turns) no handler sent or closed anything.
+    has_commands: AtomicBool,
     pub poller: PollerSlot,
     /// The thread running the loop (0: none): commands from it need no wakeup.
     loop_thread: AtomicU64,
@@ -81,10 +85,10 @@ impl Shared {
         // Nothing waits for a finished datagram but a draining loop, which looks every 50 ms:
         // no wakeup (a syscall) per datagram for it.
         let wake = !matches!(command, Command::DatagramDone);
-        self.commands
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(command);
+        let mut commands = self.commands.lock().unwrap_or_else(PoisonError::into_inner);
+        commands.push(command);
+        self.has_commands.store(true, Ordering::Release);
+        drop(commands);
         if wake && self.loop_thread.load(Ordering::Acquire) != current_thread_id() {
             self.poller.wake().map_err(|e| os_error(&e))?;
         }
@@ -101,8 +105,14 @@ impl Shared {
 
     /// Move the queued commands into `into` (which the caller has emptied).
     pub fn take_commands(&self, into: &mut Vec<Command>) {
+        // A command pushed after this look is found by the next one: the pusher wakes the
+        // loop (from another thread) or the loop looks again after the call that pushed it.
+        if !self.has_commands.load(Ordering::Acquire) {
+            return;
+        }
         let mut commands = self.commands.lock().unwrap_or_else(PoisonError::into_inner);
         std::mem::swap(&mut *commands, into);
+        self.has_commands.store(false, Ordering::Release);
     }
 }
 
@@ -148,17 +158,27 @@ impl Connection {
 
 /// The bytes of any bytes-like object.
 pub fn bytes_of(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    with_bytes_of(data, <[u8]>::to_vec)
+}
+
+/// `use_bytes` applied to the bytes of any bytes-like object, borrowed in place: a reply
+/// is framed straight into the output buffer with no copy of its own in between.
+pub fn with_bytes_of<R>(
+    data: &Bound<'_, PyAny>,
+    use_bytes: impl FnOnce(&[u8]) -> R,
+) -> PyResult<R> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
-        return Ok(bytes.as_bytes().to_vec());
+        return Ok(use_bytes(bytes.as_bytes()));
     }
     let buffer = PyUntypedBuffer::get(data)?;
     if !buffer.is_c_contiguous() {
         return Err(PyBufferError::new_err("data must be a C-contiguous buffer"));
     }
-    // SAFETY: the buffer is exported (pinned) and contiguous for `len_bytes` bytes.
+    // SAFETY: the buffer is exported (pinned) and contiguous for `len_bytes` bytes, and no
+    // Python code runs (we hold the GIL and call none) while `use_bytes` reads it.
     let slice =
         unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
-    Ok(slice.to_vec())
+    Ok(use_bytes(slice))
 }
 
 #[pymethods]

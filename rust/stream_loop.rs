@@ -36,8 +36,8 @@ use crate::framing::{Decoder, encode};
 use crate::handshakes::{HANDSHAKE_SOURCE, Handshakes};
 use crate::net::{PeerAddress, is_descriptor_exhaustion};
 use crate::reactor::{
-    Command, Connection, Handler, Reactor, Session, Settings, bytes_of, finish, framing_error,
-    report,
+    Command, Connection, Handler, Reactor, Session, Settings, finish, framing_error, report,
+    with_bytes_of,
 };
 use crate::stats::Counters;
 use crate::sys;
@@ -52,6 +52,14 @@ const ACCEPT_BATCH: usize = 256;
 const SUBMIT_BATCH: usize = 16;
 /// How long `shutdown()` waits for queued replies to be written.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
+/// Gives `emptied`'s allocation back to `list` for the next turn, keeping whatever was pushed
+/// onto `list` meanwhile: the per-turn lists are then allocated once, not on every turn.
+fn reuse<T>(list: &mut Vec<T>, mut emptied: Vec<T>) {
+    emptied.clear();
+    emptied.append(list);
+    *list = emptied;
+}
 
 /// Something that happened to a connection while reading, for the Python half to act on.
 #[derive(Debug)]
@@ -325,23 +333,23 @@ impl<'r> StreamLoop<'r> {
             ended,
             ..
         } = self;
-        let mut again = Vec::new();
-        for slot in to_read.drain(..) {
+        // Kept in place (no new list per turn): only connections whose budget ran out stay.
+        to_read.retain(|&slot| {
             let Some(conn) = conns.get_mut(slot) else {
-                continue;
+                return false;
             };
             let backlogged = conn.handler.backlog_bytes > limit;
             if conn.paused || backlogged || conn.read_closed || conn.closing {
-                continue; // resumed by `flush_pending` once output drains
+                return false; // resumed by `flush_pending` once output drains
             }
             let stop = conn.read_messages(scratch, READ_BUDGET, &mut |message| {
                 let start = arena.len();
                 arena.extend_from_slice(message);
                 messages.push((slot, start..arena.len()));
             });
+            let again = matches!(stop, ReadStop::Budget);
             match stop {
-                ReadStop::Drained | ReadStop::Eof => {}
-                ReadStop::Budget => again.push(slot),
+                ReadStop::Drained | ReadStop::Eof | ReadStop::Budget => {}
                 ReadStop::Failed => troubles.push((slot, Trouble::Failed)),
                 ReadStop::Framing(err) => troubles.push((slot, Trouble::Framing(err.to_string()))),
             }
@@ -351,14 +359,15 @@ impl<'r> StreamLoop<'r> {
             if conn.has_records_to_send() {
                 to_flush.push(slot);
             }
-        }
-        *to_read = again;
+            again
+        });
     }
 
     /// Write queued output; watch for writability where the socket is full.
     fn flush_pending(&mut self) {
         let limit = self.settings.write_buffer_limit;
-        for slot in std::mem::take(&mut self.to_flush) {
+        let mut to_flush = std::mem::take(&mut self.to_flush);
+        for slot in to_flush.drain(..) {
             let Some(conn) = self.conns.get_mut(slot) else {
                 continue;
             };
@@ -399,6 +408,7 @@ impl<'r> StreamLoop<'r> {
                 self.to_close.push(slot);
             }
         }
+        reuse(&mut self.to_flush, to_flush);
     }
 
     /// The half of a turn that needs Python.
@@ -491,7 +501,8 @@ impl<'r> StreamLoop<'r> {
     /// Queue the turn's messages on their connections, then run what can run.
     fn dispatch_messages(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = server.py();
-        for (slot, range) in std::mem::take(&mut self.messages) {
+        let mut messages = std::mem::take(&mut self.messages);
+        for (slot, range) in messages.drain(..) {
             let Some(conn) = self.conns.get_mut(slot) else {
                 continue;
             };
@@ -507,7 +518,9 @@ impl<'r> StreamLoop<'r> {
             }
         }
         self.arena.clear();
-        for slot in std::mem::take(&mut self.to_resume) {
+        reuse(&mut self.messages, messages);
+        let mut to_resume = std::mem::take(&mut self.to_resume);
+        for slot in to_resume.drain(..) {
             if self.submit.is_some() {
                 self.submit_backlog(py, slot)?;
             } else {
@@ -515,6 +528,7 @@ impl<'r> StreamLoop<'r> {
             }
             self.after_backlog(slot);
         }
+        reuse(&mut self.to_resume, to_resume);
         Ok(())
     }
 
@@ -545,8 +559,8 @@ impl<'r> StreamLoop<'r> {
                 if reply.is_none() {
                     return Ok(());
                 }
-                let data = bytes_of(reply)?;
-                encode(self.settings.framing, &data, conn.output())
+                let framing = self.settings.framing;
+                with_bytes_of(reply, |data| encode(framing, data, conn.output()))?
                     .map_err(|e| framing_error(e.to_string()))
             });
             match queued {
