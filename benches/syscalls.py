@@ -6,6 +6,9 @@ number of requests; prints the counts divided by the requests served.
         [--handler lines|readline|sendto] [--max-workers N]
     e.g. benches/syscalls.py rs TCPServer connect; benches/syscalls.py stdlib UDPServer udp
 
+IMPL may also be asyncio, uvloop or mio (KIND ``tcp``, as benches/servers.py takes them), for
+comparing the reactor with its peers: benches/syscalls.py uvloop tcp tcp.
+
 Needs strace (and ptrace permission) and a built loadgen (make bench builds it). Every step
 is bounded in time; the server and strace are stopped by PID.
 """

@@ -93,7 +93,7 @@ impl<S: Read + Write> Echo<S> {
     ///
     /// A read shorter than `buf` has emptied the receive queue, and later bytes raise a new
     /// edge, so once its echo is written the connection waits for that edge instead of
-    /// reading again for `WouldBlock` (as the reactor does; libuv stops there too). A peer
+    /// reading again for `WouldBlock` (as the reactor does; uvloop reads once per wakeup too). A peer
     /// that hung up is read to the end.
     fn drive(&mut self, buf: &mut [u8]) -> bool {
         let mut emptied = false;
