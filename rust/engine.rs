@@ -184,7 +184,7 @@ impl Engine {
     }
 }
 
-fn instance_dict_len(server: &Bound<'_, PyAny>) -> usize {
+pub(crate) fn instance_dict_len(server: &Bound<'_, PyAny>) -> usize {
     server
         .getattr(intern!(server.py(), "__dict__"))
         .and_then(|dict| dict.len())
@@ -836,7 +836,7 @@ fn dispatch_parked(
 /// `OSError` ignored) and `close()`; for a datagram, nothing. A failure goes to Python's
 /// `_rs_request_failed()`, which calls `handle_error()` and `shutdown_request()` with the
 /// exception being handled, as `_rs_serve_acquired()` would. `args`: `(request, address)`.
-fn serve_stock(
+pub(crate) fn serve_stock(
     engine: &Engine,
     server: &Bound<'_, PyAny>,
     args: &Bound<'_, PyTuple>,

@@ -2,17 +2,26 @@
 //! from the serving loop to pooled `threading.Thread` workers. Items are either ready Python
 //! objects or, when the engine serves a pool without calling Python per request, connections
 //! and datagrams straight from the socket, which the worker turns into Python objects.
+//! `work` is a worker thread's whole loop: while the hooks a worker runs are stock, it
+//! serves each request as `engine::serve_stock` does, without a Python frame of its own.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
 
 use crate::acquire::{Converter, Raw};
 use crate::deadline::duration_from_secs;
-use crate::finalize::detach;
+use crate::engine::{Engine, instance_dict_len, serve_stock};
+use crate::finalize::{self, detach};
 use crate::work_queue::{Submitted, WorkQueue};
+
+/// `socketserver_rs._fastpath.stock_worker_path`: whether a worker may serve requests itself.
+static STOCK_WORKER_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// One unit of work for a worker.
 #[derive(Debug)]
@@ -31,6 +40,10 @@ pub struct WorkerPool {
     queue: WorkQueue<WorkItem>,
     /// Turns `WorkItem::Raw` into `(request, client_address)`; set by the engine.
     converter: Mutex<Option<Arc<Converter>>>,
+    /// `(len(server.__dict__), stock_worker_path(server))` when workers last asked: they
+    /// ask again when the length changes (a hook assigned on the instance), as the engine
+    /// does for its own plan.
+    worker_plan: Mutex<Option<(usize, i32)>>,
 }
 
 impl WorkerPool {
@@ -45,6 +58,50 @@ impl WorkerPool {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(converter);
     }
+
+    /// `(request, client_address)` for an item, made here for a raw one.
+    fn arguments<'py>(&self, py: Python<'py>, item: WorkItem) -> PyResult<Bound<'py, PyTuple>> {
+        match item {
+            WorkItem::Ready(args) => Ok(args.into_bound(py).cast_into::<PyTuple>()?),
+            WorkItem::Raw(raw) => {
+                let converter = self
+                    .converter
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+                    .ok_or_else(|| PyRuntimeError::new_err("raw work without a converter"))?;
+                converter.to_python(py, raw)
+            }
+        }
+    }
+
+    /// `stock_worker_path(server)`, asked again only when the server's instance attributes
+    /// changed. 0: call `process_request_thread()`; otherwise the socket type to serve
+    /// requests for as its stock hooks would.
+    fn stock_kind(&self, server: &Bound<'_, PyAny>) -> PyResult<i32> {
+        let py = server.py();
+        let key = instance_dict_len(server);
+        let mut plan = self
+            .worker_plan
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((seen, kind)) = *plan
+            && seen == key
+        {
+            return Ok(kind);
+        }
+        let ask = STOCK_WORKER_PATH.get_or_try_init(py, || {
+            PyResult::Ok(
+                py.import("socketserver_rs._fastpath")?
+                    .getattr("stock_worker_path")?
+                    .unbind(),
+            )
+        })?;
+        // The GIL is held throughout, so no other worker asks meanwhile.
+        let kind: i32 = finalize::call(ask.bind(py), (server,))?.extract()?;
+        *plan = Some((key, kind));
+        Ok(kind)
+    }
 }
 
 #[pymethods]
@@ -54,6 +111,7 @@ impl WorkerPool {
         WorkerPool {
             queue: WorkQueue::new(max_workers),
             converter: Mutex::new(None),
+            worker_plan: Mutex::new(None),
         }
     }
 
@@ -66,24 +124,52 @@ impl WorkerPool {
         }
     }
 
-    /// The next item for the calling worker, waiting without the GIL; None means exit (the
-    /// pool is closed and drained, or the worker was idle for `idle_timeout` seconds).
-    #[pyo3(signature = (idle_timeout=None))]
-    fn take(&self, py: Python<'_>, idle_timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
+    /// A worker thread's loop: take items (waiting without the GIL) until `take` would
+    /// return None, serving each. Without `server`, each is `serve(request,
+    /// client_address)`. With a pool server, each goes to its `process_request_thread()`
+    /// (looked up per request, as `ThreadingMixIn` does), or, while that and the hooks it
+    /// calls are stock, is served here as `process_request_thread()` would: the handler
+    /// made, `shutdown_request()`'s stock work done, and on a handler exception Python's
+    /// `_rs_request_failed()` calls `handle_error()` and `shutdown_request()`. An exception
+    /// that escapes (SystemExit, KeyboardInterrupt …) ends the loop, as it ended the
+    /// Python one; the caller then calls `worker_gone()`.
+    #[pyo3(signature = (serve, idle_timeout=None, server=None))]
+    fn work(
+        &self,
+        py: Python<'_>,
+        serve: &Bound<'_, PyAny>,
+        idle_timeout: Option<f64>,
+        server: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let idle_timeout = duration_from_secs(idle_timeout).unwrap_or(Duration::MAX);
-        match detach(py, || self.queue.take(idle_timeout)) {
-            None => Ok(None),
-            Some(WorkItem::Ready(item)) => Ok(Some(item)),
-            Some(WorkItem::Raw(raw)) => {
-                let converter = self
-                    .converter
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone()
-                    .ok_or_else(|| PyRuntimeError::new_err("raw work without a converter"))?;
-                Ok(Some(converter.to_python(py, raw)?.into_any().unbind()))
+        let engine = match server {
+            Some(server) => Some(
+                server
+                    .getattr(intern!(py, "_rs_engine"))?
+                    .cast_into::<Engine>()?,
+            ),
+            None => None,
+        };
+        while let Some(item) = detach(py, || self.queue.take(idle_timeout)) {
+            // Dropped at the end of each turn: an idle worker holds no finished request.
+            let args = self.arguments(py, item)?;
+            match (server, &engine) {
+                (Some(server), Some(engine)) => match self.stock_kind(server)? {
+                    0 => {
+                        finalize::call_method(
+                            server,
+                            intern!(py, "process_request_thread"),
+                            args,
+                        )?;
+                    }
+                    kind => serve_stock(engine.get(), server, &args, kind == libc::SOCK_STREAM)?,
+                },
+                _ => {
+                    finalize::call(serve, args)?;
+                }
             }
         }
+        Ok(())
     }
 
     /// A counted worker will take no more items (it failed to start, or an exception ended

@@ -86,3 +86,22 @@ def stock_serving(server: object) -> int:
     ):
         bits |= STOCK_REQUEST_PATH
     return bits
+
+
+def stock_worker_path(server: object) -> int:
+    """Whether a pool worker may serve a request itself, as ``serve_stock`` does on the
+    serial path: 0 unless ``process_request_thread``, ``finish_request``,
+    ``shutdown_request`` and ``close_request`` are all stock; otherwise the socket type
+    whose stock shutdown applies (``SOCK_STREAM``: ``shutdown(SHUT_WR)`` and ``close()``;
+    ``SOCK_DGRAM``: nothing). ``handle_error`` may be anything: it runs, from Python, only
+    when the handler raises. Asked by the worker whenever the server's instance attributes
+    change."""
+    kind = _stock(server, "shutdown_request")
+    if (
+        _stock(server, "process_request_thread") is not None
+        and _stock(server, "finish_request") is not None
+        and kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)
+        and _stock(server, "close_request") == kind
+    ):
+        return int(kind)
+    return 0

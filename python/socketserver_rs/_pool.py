@@ -51,7 +51,8 @@ threading._register_atexit(_close_open_pools)  # type: ignore[attr-defined]
 
 class Workers:
     """A ``WorkerPool`` queue and the threads serving it: each queued item is a tuple of
-    arguments for ``serve``, called on a worker thread."""
+    arguments for ``serve``, called on a worker thread; or, given a pool ``server``, for its
+    ``process_request_thread()`` (see ``WorkerPool.work``)."""
 
     def __init__(
         self,
@@ -59,10 +60,12 @@ class Workers:
         max_workers: int,
         idle_timeout: float | None,
         daemon: bool,
+        server: object = None,
     ) -> None:
         self.pool = _core.WorkerPool(max_workers)
         self.threads: set[threading.Thread] = set()
         self._serve = serve
+        self._server = server
         self._idle_timeout = idle_timeout
         self._daemon = daemon
         _open_pools.add(self.pool)
@@ -88,9 +91,7 @@ class Workers:
         """A worker's life: serve queued items until idle too long or the pool closes."""
         pool = self.pool
         try:
-            while (item := pool.take(self._idle_timeout)) is not None:
-                self._serve(*item)
-                del item  # hold no reference to finished work while idle
+            pool.work(self._serve, self._idle_timeout, self._server)
         except BaseException:
             # KeyboardInterrupt, SystemExit …: the thread ends as a ThreadingMixIn thread
             # would (threading.excepthook reports it), and the pool may start another.
@@ -176,6 +177,7 @@ class ThreadPoolMixIn(_MixInBase):
                 self.max_workers,
                 self.worker_idle_timeout,
                 self.daemon_threads,
+                self,
             )
         return workers
 
@@ -193,9 +195,12 @@ class ThreadPoolMixIn(_MixInBase):
             return
         self._rs_workers.submit((request, client_address))
 
+    @default_hook()
     def process_request_thread(self, request, client_address):
         # type: (Any, Address) -> None
-        """Serve one request on a worker: ``finish_request()`` with error handling."""
+        """Serve one request on a worker: ``finish_request()`` with error handling. While
+        this and the hooks it calls are stock, workers do the same in Rust without calling it
+        (see ``_fastpath.stock_worker_path``)."""
         try:
             self.finish_request(request, client_address)
         except Exception:
