@@ -38,6 +38,35 @@ pub struct RawAcquirer {
 }
 
 impl RawAcquirer {
+    /// Another receiver of the same datagram socket, with a buffer of its own (`None` for a
+    /// stream socket): for pool workers that receive the next datagram themselves.
+    pub fn datagram_twin(&self) -> Option<RawAcquirer> {
+        self.datagram_buffer.as_ref().map(|buffer| RawAcquirer {
+            fd: self.fd,
+            nodelay: false,
+            datagram_buffer: Some(vec![0; buffer.len()]),
+        })
+    }
+
+    /// A receiver of datagram socket `fd` with a `size`-byte buffer.
+    #[cfg(test)]
+    pub fn datagram(fd: RawFd, size: usize) -> RawAcquirer {
+        RawAcquirer {
+            fd,
+            nodelay: false,
+            datagram_buffer: Some(vec![0; size]),
+        }
+    }
+
+    /// Make the datagram buffer `size` long (a changed `max_packet_size`).
+    pub fn set_packet_size(&mut self, size: usize) {
+        if let Some(buffer) = &mut self.datagram_buffer
+            && buffer.len() != size
+        {
+            buffer.resize(size, 0);
+        }
+    }
+
     pub fn acquire(&mut self) -> std::io::Result<Raw> {
         match &mut self.datagram_buffer {
             None => {

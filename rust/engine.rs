@@ -163,6 +163,11 @@ impl Engine {
         restored
     }
 
+    /// Whether `shutdown()` was asked for (and the loop not yet started again).
+    pub(crate) fn shutdown_is_requested(&self) -> bool {
+        self.latch.is_requested()
+    }
+
     /// Run `body` inside a session, closing it whatever `body` returns.
     fn with_session<T>(
         &self,
@@ -377,6 +382,8 @@ impl Session {
             return Ok(());
         };
         let queue = pool.get().queue();
+        // Workers receive the next datagram themselves while this loop runs without Python.
+        pool.get().receive_slot().fill(fast.raw.datagram_twin());
         let latch = &engine.latch;
         let (poller, raw, backoff) = (&mut self.poller, &mut fast.raw, &mut self.backoff);
         let (parking, expired) = (&mut self.parking, &mut self.expired);
@@ -455,8 +462,10 @@ impl Session {
                     }
                 }
             }
-        })
-        .map_err(|e| os_error(&e))?;
+        });
+        // Before shutdown() or anything else can see this loop gone.
+        pool.get().receive_slot().fill(None);
+        let exit = exit.map_err(|e| os_error(&e))?;
         self.close_expired(engine, server)?;
         py.check_signals()?;
         if let DirectExit::StartWorkers(count) = exit {
@@ -714,7 +723,7 @@ impl Engine {
     }
 
     /// A request was acquired (accepted or received) and is about to be verified.
-    fn note_acquired(&self) {
+    pub(crate) fn note_acquired(&self) {
         Counters::bump(&self.stats.acquired);
     }
 

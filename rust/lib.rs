@@ -33,6 +33,7 @@ mod sys;
 mod tls;
 mod tls_stream;
 mod work_queue;
+mod worker_receive;
 
 use pyo3::prelude::pymodule;
 

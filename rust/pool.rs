@@ -19,6 +19,7 @@ use crate::deadline::duration_from_secs;
 use crate::engine::{Engine, instance_dict_len, serve_stock};
 use crate::finalize::{self, detach};
 use crate::work_queue::{Submitted, WorkQueue};
+use crate::worker_receive::{Claim, ReceiveSlot};
 
 /// `socketserver_rs._fastpath.stock_worker_path`: whether a worker may serve requests itself.
 static STOCK_WORKER_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -44,6 +45,9 @@ pub struct WorkerPool {
     /// ask again when the length changes (a hook assigned on the instance), as the engine
     /// does for its own plan.
     worker_plan: Mutex<Option<(usize, i32)>>,
+    /// Filled while the engine serves a datagram socket with no Python on its thread: a
+    /// worker that has just served a datagram receives the next one itself (see `work`).
+    receive: ReceiveSlot,
 }
 
 impl WorkerPool {
@@ -57,6 +61,35 @@ impl WorkerPool {
             .converter
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(converter);
+    }
+
+    /// Where workers find the receiver for datagrams (filled by the engine).
+    pub fn receive_slot(&self) -> &ReceiveSlot {
+        &self.receive
+    }
+
+    /// After a datagram served with stock hooks: the next one, if this worker may receive
+    /// it (`claim` held, or free to take) and no queued request or `shutdown()` comes first.
+    /// `max_packet_size` is read first, as `get_request()` reads it for every datagram.
+    fn receive_next<'a>(
+        &'a self,
+        server: &Bound<'_, PyAny>,
+        engine: &Engine,
+        claim: &mut Option<Claim<'a>>,
+    ) -> PyResult<Option<Raw>> {
+        if engine.shutdown_is_requested() || self.queue.gauges().2 > 0 {
+            return Ok(None);
+        }
+        if claim.is_none() {
+            *claim = self.receive.claim();
+        }
+        let Some(held) = claim else {
+            return Ok(None); // another worker is receiving
+        };
+        let size: usize = server
+            .getattr(intern!(server.py(), "max_packet_size"))?
+            .extract()?;
+        Ok(held.receive(size).inspect(|_| engine.note_acquired()))
     }
 
     /// `(request, client_address)` for an item, made here for a raw one.
@@ -112,6 +145,7 @@ impl WorkerPool {
             queue: WorkQueue::new(max_workers),
             converter: Mutex::new(None),
             worker_plan: Mutex::new(None),
+            receive: ReceiveSlot::default(),
         }
     }
 
@@ -150,7 +184,21 @@ impl WorkerPool {
             ),
             None => None,
         };
-        while let Some(item) = detach(py, || self.queue.take(idle_timeout)) {
+        // A datagram this worker received itself, to serve next; and its right to do so,
+        // kept while it serves datagrams in a row and given up before it waits.
+        let mut next = None;
+        let mut claim = None;
+        loop {
+            let item = match next.take() {
+                Some(item) => item,
+                None => {
+                    claim = None;
+                    match detach(py, || self.queue.take(idle_timeout)) {
+                        Some(item) => item,
+                        None => break,
+                    }
+                }
+            };
             // Dropped at the end of each turn: an idle worker holds no finished request.
             let args = self.arguments(py, item)?;
             match (server, &engine) {
@@ -162,7 +210,13 @@ impl WorkerPool {
                             args,
                         )?;
                     }
-                    kind => serve_stock(engine.get(), server, &args, kind == libc::SOCK_STREAM)?,
+                    libc::SOCK_STREAM => serve_stock(engine.get(), server, &args, true)?,
+                    _ => {
+                        serve_stock(engine.get(), server, &args, false)?;
+                        next = self
+                            .receive_next(server, engine.get(), &mut claim)?
+                            .map(WorkItem::Raw);
+                    }
                 },
                 _ => {
                     finalize::call(serve, args)?;
@@ -178,9 +232,16 @@ impl WorkerPool {
         self.queue.worker_gone();
     }
 
+    /// Workers receive no more datagrams themselves, from now on: the server socket is
+    /// about to be closed (and its descriptor number may be reused).
+    fn stop_receiving(&self) {
+        self.receive.stop();
+    }
+
     /// Refuse new items; workers exit once the queued ones are done.
     fn close(&self) {
         self.queue.close();
+        self.receive.stop();
     }
 
     /// Worker threads started and not yet retired.

@@ -218,8 +218,11 @@ class ThreadPoolMixIn(_MixInBase):
         # type: () -> None
         """Close the server and the pool; with ``block_on_close``, wait for the workers to
         finish the queued and running requests."""
-        super().server_close()
         workers = vars(self).get("_rs_workers")
+        if workers is not None:
+            # A worker may be receiving from the socket itself: not once it is closed.
+            workers.pool.stop_receiving()
+        super().server_close()
         if workers is not None:
             workers.close(wait=self.block_on_close)
 
