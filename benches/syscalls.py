@@ -136,9 +136,7 @@ def main(argv=None):
         stop(server)
         server.stdout.close()
         out.unlink(missing_ok=True)
-    print(
-        f"{args.impl} {args.kind} {args.mode} ({args.handler}, {args.tracer}): {served} requests"
-    )
+    print(f"{args.impl} {args.kind} {args.mode} ({args.handler}, {args.tracer}): {served} requests")
     ordered = sorted(counts.items(), key=lambda kv: -kv[1])
     print(
         f"{sum(counts.values()):.2f} syscalls/request: "

@@ -204,11 +204,7 @@ impl WorkerPool {
             match (server, &engine) {
                 (Some(server), Some(engine)) => match self.stock_kind(server)? {
                     0 => {
-                        finalize::call_method(
-                            server,
-                            intern!(py, "process_request_thread"),
-                            args,
-                        )?;
+                        finalize::call_method(server, intern!(py, "process_request_thread"), args)?;
                     }
                     libc::SOCK_STREAM => serve_stock(engine.get(), server, &args, true)?,
                     _ => {

@@ -104,7 +104,9 @@ mod tests {
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         let slot = ReceiveSlot::default();
         let claim = slot.claim().unwrap();
-        client.send_to(b"one", server.local_addr().unwrap()).unwrap();
+        client
+            .send_to(b"one", server.local_addr().unwrap())
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(claim.receive(64).is_none(), "empty slot");
         slot.fill(Some(receiver_for(&server)));
@@ -114,7 +116,9 @@ mod tests {
         }
         assert!(claim.receive(64).is_none(), "nothing queued: no wait");
         slot.stop();
-        client.send_to(b"two", server.local_addr().unwrap()).unwrap();
+        client
+            .send_to(b"two", server.local_addr().unwrap())
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(claim.receive(64).is_none(), "stopped");
         slot.fill(Some(receiver_for(&server)));

@@ -146,7 +146,8 @@ def test_every_worker_hook_runs_in_threading_mixin_order_on_the_request_thread(
         assert ask(harness, server, kind, b"%d" % i) == b"echo:%d" % i
         # The reply leaves before the request's last hooks run: wait for them, so the next
         # request's hooks cannot interleave.
-        assert wait_for(lambda: len(server.log) == len(per_request) * (i + 1))
+        logged = len(per_request) * (i + 1)
+        assert wait_for(lambda n=logged: len(server.log) == n)
     join_requests(server)
     assert server.log == per_request * 3
     serving = {thread.name for thread in server.threads} | {t.name for t, _ in server.seen}
@@ -185,9 +186,11 @@ def test_a_worker_hook_overridden_alone_is_called_for_every_request(
         assert ask(harness, server, kind, b"%d" % i) == b"echo:%d" % i
         # The reply leaves before shutdown_request() runs: wait for this request's hooks.
         assert wait_for(
-            lambda: server.log.count("handle") == served + i + 1
-            and server.log.count(hook) >= i + 1
-            and (not after or server.log[-1] == hook)
+            lambda n=i + 1: (
+                server.log.count("handle") == served + n
+                and server.log.count(hook) >= n
+                and (not after or server.log[-1] == hook)
+            )
         )
     join_requests(server)
     assert server.log[served:] == (["handle", hook] if after else [hook, "handle"]) * 3
@@ -211,7 +214,7 @@ def test_handler_exception_reaches_handle_error_on_the_request_thread_and_servin
     for i in range(3):
         assert ask(harness, server, kind, b"%d" % i) == b"echo:%d" % i
     join_requests(server)
-    (error, thread), = server.errors
+    ((error, thread),) = server.errors
     assert isinstance(error, ValueError) and str(error) == "handler failed on purpose"
     assert thread is not threading.main_thread() and thread.name != "serve_forever"
     assert server.log == ["handle", "handle_error"] + ["handle"] * 3
@@ -234,9 +237,7 @@ def test_pool_worker_keeps_its_threading_local_across_stock_served_requests(harn
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_shutdown_while_requests_are_busy_then_server_close_waits_for_them(
-    harness, flavour, kind
-):
+def test_shutdown_while_requests_are_busy_then_server_close_waits_for_them(harness, flavour, kind):
     release = threading.Event()
     harness.callback(release.set)
     started, finished = [], []
@@ -363,7 +364,8 @@ def test_after_shutdown_nothing_is_served_until_serve_forever_runs_again(harness
     time.sleep(0.3)
     assert server.log.count("handle") == 20, "a request was served after shutdown() returned"
     harness.serve(server)
-    assert sorted(reply_of(sock, kind) for sock in waiting) == [b"echo:late%d" % i for i in range(3)]
+    replies = sorted(reply_of(sock, kind) for sock in waiting)
+    assert replies == [b"echo:late%d" % i for i in range(3)]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -97,11 +97,12 @@ def stock_worker_path(server: object) -> int:
     when the handler raises. Asked by the worker whenever the server's instance attributes
     change."""
     kind = _stock(server, "shutdown_request")
-    if (
-        _stock(server, "process_request_thread") is not None
-        and _stock(server, "finish_request") is not None
-        and kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)
-        and _stock(server, "close_request") == kind
-    ):
-        return int(kind)
+    for stock_kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        if (
+            kind == stock_kind
+            and _stock(server, "process_request_thread") is not None
+            and _stock(server, "finish_request") is not None
+            and _stock(server, "close_request") == stock_kind
+        ):
+            return int(stock_kind)
     return 0
