@@ -464,3 +464,29 @@ def test_stock_serving_names_what_the_engine_may_do_itself(rs, harness):
     assert not stock_serving(harness.server(mixed, (LOOPBACK, 0), echo_handler(rs))) & (
         STOCK_REQUEST_PATH
     )
+
+
+def test_stock_worker_path_names_the_pools_a_worker_serves_itself(rs, harness):
+    """Implementation detail: which pool servers' workers serve requests without the hooks."""
+    import socket
+
+    from socketserver_rs._fastpath import stock_worker_path
+
+    def server(cls, **namespace):
+        return harness.server(type("S", (cls,), namespace), (LOOPBACK, 0), echo_handler(rs))
+
+    assert stock_worker_path(server(rs.ThreadPoolTCPServer)) == socket.SOCK_STREAM
+    assert stock_worker_path(server(rs.ThreadPoolUDPServer)) == socket.SOCK_DGRAM
+    # handle_error runs from Python only on failure: overriding it keeps the stock path.
+    assert stock_worker_path(server(rs.ThreadPoolUDPServer, handle_error=print)) == (
+        socket.SOCK_DGRAM
+    )
+    for hook in ("process_request_thread", "finish_request", "shutdown_request", "close_request"):
+        overridden = server(rs.ThreadPoolUDPServer, **{hook: lambda self, *args: None})
+        assert stock_worker_path(overridden) == 0, hook
+        on_instance = server(rs.ThreadPoolTCPServer)
+        setattr(on_instance, hook, lambda *args: None)
+        assert stock_worker_path(on_instance) == 0, hook
+    # A datagram server with a stream server's shutdown_request is not stock.
+    mixed = server(rs.ThreadPoolUDPServer, shutdown_request=rs.TCPServer.shutdown_request)
+    assert stock_worker_path(mixed) == 0
