@@ -50,7 +50,7 @@ mod _core {
     #[pymodule_export]
     use crate::reactor::{Connection, Reactor};
     #[pymodule_export]
-    use crate::stream_read::SocketReader;
+    use crate::stream_read::{SocketReader, SocketWriter};
     #[pymodule_export]
     use crate::supervisor::Supervisor;
 

@@ -9,6 +9,7 @@ blocked read, the socket staying open while ``rfile`` is (``_io_refs``), and TLS
 """
 
 import errno
+import gc
 import hashlib
 import io
 import signal
@@ -17,6 +18,7 @@ import ssl
 import struct
 import threading
 import time
+import types
 
 import pytest
 from _behaviour_helpers import CLIENT_TIMEOUT, LOOPBACK, STOP_TIMEOUT, wait_for
@@ -89,6 +91,29 @@ def test_plain_socket_reads_take_the_native_path(rs, harness):
 
     outcome = serve(rs, harness, body, b"x\n")
     assert outcome.result == (io.BufferedReader, "_SocketReader")
+
+
+@pytest.mark.parametrize("rbufsize", [0, -1])
+def test_refills_call_the_native_readinto_and_the_class_method_reads_the_same(
+    rs, harness, rbufsize
+):
+    """The premise of the native reader's speed: what BufferedReader (or, unbuffered,
+    RawIOBase.read()) finds as ``raw.readinto`` is a built-in method, so a refill runs no
+    Python frame; the Python method of the class reads from the same stream."""
+
+    def body(handler):
+        raw = handler.rfile if rbufsize == 0 else handler.rfile.raw
+        first, second = bytearray(5), bytearray(5)
+        return (
+            isinstance(raw.readinto, types.BuiltinMethodType),
+            raw.readinto(first),
+            type(raw).readinto(raw, second),
+            bytes(first + second),
+        )
+
+    outcome = serve(rs, harness, body, b"0123456789")
+    assert outcome.error is None
+    assert outcome.result == (True, 5, 5, b"0123456789")
 
 
 @pytest.mark.parametrize("rbufsize", [0, -1])
@@ -278,6 +303,27 @@ def test_closing_the_connection_leaves_it_open_until_rfile_closes(ss, harness, r
     outcome = serve(ss, harness, body, b"line\nrest")
     assert outcome.error is None
     assert outcome.result == (True, b"line\n", -1)
+
+
+@pytest.mark.parametrize("rbufsize", [0, -1])
+def test_an_rfile_dropped_unclosed_releases_the_connection_at_once(ss, harness, rbufsize):
+    """Dropping the last reference to rfile closes it there and then (no reference cycle
+    waits for the garbage collector), and with it a connection closed meanwhile."""
+
+    def body(handler):
+        handler.connection.close()  # only marks it closed: rfile still refers to it
+        line = handler.rfile.readline()
+        gc.disable()
+        try:
+            handler.rfile = io.BytesIO()  # the last reference to the real rfile goes
+            fileno = handler.connection.fileno()
+        finally:
+            gc.enable()
+        return line, fileno
+
+    outcome = serve(ss, harness, body, b"line\n", rbufsize=rbufsize)
+    assert outcome.error is None
+    assert outcome.result == (b"line\n", -1)
 
 
 # Signals ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import struct
 import subprocess
 import threading
 import time
+import types
 
 import pytest
 from _behaviour_helpers import (
@@ -115,6 +116,28 @@ def writing_server(ss, harness, body, **handler_attrs):
 
 
 # Return values and argument types -----------------------------------------------------------
+
+
+def test_unbuffered_wfile_write_is_a_native_method_on_plain_sockets(rs, harness):
+    """The premise of the native write: ``wfile.write`` is a built-in method (no Python frame
+    per write), and the class's Python method sends the same way."""
+
+    def body(handler):
+        native = isinstance(handler.wfile.write, types.BuiltinMethodType)
+        return (
+            native,
+            handler.wfile.write(b"native "),
+            type(handler.wfile).write(handler.wfile, b"python"),
+        )
+
+    server, outcome = writing_server(rs, harness, body)
+    client = harness.connect(server)
+    server.handle_request()
+    received = recv_all(client)
+    outcome.wait()
+    assert outcome.error is None
+    assert outcome.result == (True, 7, 6)
+    assert received == b"native python"
 
 
 def test_write_returns_the_byte_count_of_any_bytes_like_object(ss, harness):

@@ -16,6 +16,7 @@ __all__ = [
     "Engine",
     "Reactor",
     "SocketReader",
+    "SocketWriter",
     "Supervisor",
     "TLSConfigError",
     "WorkerPool",
@@ -70,13 +71,24 @@ class WorkerPool:
 
 @final
 class SocketReader:
-    """The reading state of one ``rfile``: ``readinto()`` is ``sock.recv_into(buffer)``
-    that, after a read that filled the buffer, first tries with the GIL held."""
+    """The native half of one ``rfile``'s raw reader: ``readinto()`` is
+    ``sock.recv_into(buffer)`` that, after a read that filled the buffer, first tries with
+    the GIL held, with ``SocketIO.readinto()``'s closed and timed-out checks."""
 
-    def __new__(cls) -> SocketReader: ...
-    def readinto(self, sock: Any, buffer: Buffer) -> int | None:
-        """``None`` when a non-blocking ``sock`` has nothing to read (as
+    def __new__(cls, sock: Any) -> SocketReader: ...
+    def readinto(self, b: Buffer) -> int | None:
+        """``None`` when a non-blocking socket has nothing to read (as
         ``SocketIO.readinto()``)."""
+
+    def close(self) -> None: ...
+
+@final
+class SocketWriter:
+    """The native ``write()`` of an unbuffered ``wfile``: ``sock.sendall(b)``, then
+    ``len(memoryview(b).cast("B"))``."""
+
+    def __new__(cls, sock: Any) -> SocketWriter: ...
+    def write(self, b: Buffer) -> int: ...
 
 @final
 class Reactor:

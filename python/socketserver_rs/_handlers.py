@@ -57,15 +57,21 @@ class _SocketWriter(BufferedIOBase):
     with ``sendall()`` (a signal cannot cut it short) and returns its length, as the
     stdlib's ``_SocketWriter`` does.
 
-    ``sendall()`` releases the GIL around every ``send()``. A native send that kept it (the
-    kernel nearly always takes a reply at once) was measured against this with 1, 16 and
-    256 connections, each server in a session of its own: never faster, and at 16 and 256
-    connections slower, with more context switches per request (benches/README.md).
+    ``write()`` is native (``_core.SocketWriter``): it calls ``sendall()`` and counts the
+    bytes without running Python code. ``sendall()`` releases the GIL around every
+    ``send()``. A native send that kept it (the kernel nearly always takes a reply at once)
+    was measured against this with 1, 16 and 256 connections, each server in a session of
+    its own: not faster at 1 connection, and slower at 256, with more context switches per
+    request (benches/README.md).
     """
 
     def __init__(self, sock):
         # type: (socket.socket) -> None
         self._sock = sock
+        # The native write (sock.sendall(b), then the length of b) in the instance dict
+        # shadows the method below: one Python frame and one memoryview less per write. No
+        # reference cycle: the native object holds sock.sendall, not this file.
+        self.write = _core.SocketWriter(sock).write  # type: ignore[method-assign]
 
     def writable(self):
         # type: () -> bool
@@ -104,29 +110,31 @@ def _reader(sock, bufsize):
 class _SocketReader(socket.SocketIO):
     """``makefile()``'s raw reader (``SocketIO``) with a native ``readinto()``: after a
     read that filled the buffer it first reads with the GIL held, and otherwise waits and
-    reads without it, honouring the socket's timeout as ``recv_into()`` does. Closing,
-    ``fileno()``, ``name`` and the timed-out state are ``SocketIO``'s own."""
+    reads without it, honouring the socket's timeout as ``recv_into()`` does. ``fileno()``,
+    ``name`` and the rest are ``SocketIO``'s own."""
 
     def __init__(self, sock, mode):
         # type: (socket.socket, str) -> None
         # typeshed types SocketIO's mode as a Literal; "rb" is one of its values at runtime.
         super().__init__(sock, mode)  # type: ignore[arg-type]
-        self._reader = _core.SocketReader()
+        self._native = _core.SocketReader(sock)
+        # The native bound method in the instance dict shadows the method below, so that
+        # BufferedReader's refills (and RawIOBase.read() when unbuffered) call straight into
+        # Rust, with no Python frame per read. The native reader keeps SocketIO's closed and
+        # timed-out checks itself, and holds the socket, not this file: no reference cycle, so
+        # an rfile dropped unclosed is still closed (and the socket's _io_refs released) at once.
+        self.readinto = self._native.readinto  # type: ignore[method-assign]
 
     def readinto(self, b):
         # type: (Buffer) -> int | None
-        self._checkClosed()
-        # SocketIO's own private checks and timed-out flag, which typeshed does not declare:
-        # using them keeps its error messages and its state after a timeout.
-        self._checkReadable()  # type: ignore[attr-defined]
-        if self._timeout_occurred:  # type: ignore[has-type]
-            raise OSError("cannot read from timed out object")
-        try:
-            # SocketIO keeps its socket in the undeclared attribute _sock.
-            return self._reader.readinto(self._sock, b)  # type: ignore[attr-defined]
-        except TimeoutError:
-            self._timeout_occurred = True
-            raise
+        """What the instance's native ``readinto`` does, for callers that go through the
+        class (``_SocketReader.readinto(raw, b)``)."""
+        return self._native.readinto(b)
+
+    def close(self):
+        # type: () -> None
+        self._native.close()
+        super().close()
 
 
 class StreamRequestHandler(BaseRequestHandler):
