@@ -1,7 +1,7 @@
 """Benchmark servers, one per process, all running the same handler code.
 
     python benches/servers.py IMPL KIND ADDRESS [--backlog N] [--max-workers N] [--lifetime S]
-                              [--handler lines|readline] [--tls-cert PEM --tls-key PEM]
+                              [--handler lines|readline|minihttp] [--tls-cert PEM --tls-key PEM]
     python benches/servers.py shutdown-latency IMPL [--tries N]
     python benches/servers.py idle IMPL KIND [--seconds S]
 
@@ -11,10 +11,13 @@ IMPL is ``stdlib`` (``socketserver``), ``rs`` (``socketserver_rs``), ``asyncio``
 ``ThreadPoolUnixStreamServer``, ``ReactorTCPServer`` ...) or ``http:CLASS`` (an ``http.server``
 handler on that class; ``http-stock:CLASS`` leaves Nagle on, as the handler ships); for the
 others it is ``tcp``, ``udp`` or ``unix`` (an echo ``Protocol``), or ``tcp-streams`` (asyncio
-streams: ``await reader.readline()``, ``writer.write()``, ``await writer.drain()``). ADDRESS is
+streams: ``await reader.readline()``, ``writer.write()``, ``await writer.drain()``), or
+``tcp-minihttp`` (the hand-written HTTP responder of ``--handler minihttp``). ADDRESS is
 ``127.0.0.1:PORT`` (port 0 picks a free one) or a filesystem path for Unix sockets.
 ``--handler readline`` gives the stream socketserver classes an explicit ``readline()`` loop
-with Nagle off instead of the default ``for line in rfile`` handler. ``--tls-cert`` (and
+with Nagle off instead of the default ``for line in rfile`` handler; ``--handler minihttp`` a
+hand-written HTTP/1.1 keep-alive responder (a fixed reply per request head), for the
+cross-check with ``wrk`` (benches/crosscheck.py). ``--tls-cert`` (and
 ``--tls-key``) serve the same echo over TLS: on the reactor servers through their
 ``tls_certfile``/``tls_keyfile`` attributes (TLS in the engine), on asyncio and uvloop with
 ``ssl=`` an ``ssl.SSLContext`` holding that certificate.
@@ -110,6 +113,57 @@ def echo_message_handler(mod, datagram):
     return EchoMessage
 
 
+# The fixed reply of the hand-written HTTP responders (benches/crosscheck.py drives them with
+# wrk): other handler code than the echo, and another load generator than loadgen.
+MINI_HTTP_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nhello, world\n"
+)
+
+
+def mini_http_handler(mod):
+    """HTTP/1.1 keep-alive by hand on ``mod.StreamRequestHandler``: read the request's lines
+    up to the blank one, then write the fixed reply (Nagle off, as for the readline echo)."""
+
+    class MiniHTTP(mod.StreamRequestHandler):
+        disable_nagle_algorithm = True
+
+        def handle(self):
+            readline, write = self.rfile.readline, self.wfile.write
+            while line := readline(65537):
+                if line == b"\r\n":
+                    write(MINI_HTTP_RESPONSE)
+
+    return MiniHTTP
+
+
+def mini_http_message_handler(mod):
+    """The same on the reactor: each line is a message; the blank one gets the reply."""
+
+    class MiniHTTPMessage(mod.MessageHandler):
+        framing = "line"
+
+        def handle_message(self, message):
+            return MINI_HTTP_RESPONSE if message == b"\r\n" else None
+
+    return MiniHTTPMessage
+
+
+class MiniHTTPProtocol(asyncio.Protocol):
+    """The same on asyncio and uvloop: one reply per complete request head."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.pending = b""
+
+    def data_received(self, data):
+        data = self.pending + data if self.pending else data
+        heads = data.count(b"\r\n\r\n")
+        if heads:
+            self.transport.write(MINI_HTTP_RESPONSE * heads)
+            data = data[data.rfind(b"\r\n\r\n") + 4 :]
+        self.pending = data
+
+
 class HelloHandler(http.server.BaseHTTPRequestHandler):
     """HTTP/1.1 keep-alive: a fixed small body with a Content-Length; no access log.
 
@@ -186,7 +240,13 @@ def build_socketserver(
     mod, kind, address, backlog=None, max_workers=None, handler="lines", tls=None
 ):
     cls = socketserver_class(mod, kind, backlog, max_workers, tls)
-    if handler == "readline" and not kind.startswith(("http", "Reactor")):
+    if handler == "minihttp":
+        if cls.socket_type != socket.SOCK_STREAM or kind.startswith("http"):
+            raise SystemExit("--handler minihttp is for the stream socketserver classes")
+        handler = (mini_http_message_handler if kind.startswith("Reactor") else mini_http_handler)(
+            mod
+        )
+    elif handler == "readline" and not kind.startswith(("http", "Reactor")):
         if cls.socket_type != socket.SOCK_STREAM:
             raise SystemExit("--handler readline is for stream servers")
         handler = readline_handler(mod)
@@ -285,6 +345,11 @@ async def serve_asyncio(kind, address, backlog, tls=None):
             ssl=context,
         )
         ready(server.sockets[0].getsockname())
+    elif kind == "tcp-minihttp":
+        server = await loop.create_server(
+            MiniHTTPProtocol, address[0], address[1], backlog=backlog, reuse_address=True
+        )
+        ready(server.sockets[0].getsockname())
     elif kind == "tcp-streams":
         server = await asyncio.start_server(
             echo_lines_stream,
@@ -308,7 +373,9 @@ async def serve_asyncio(kind, address, backlog, tls=None):
         await asyncio.Event().wait()
         return
     else:
-        raise SystemExit(f"asyncio servers are tcp, tcp-streams, udp or unix, not {kind!r}")
+        raise SystemExit(
+            f"asyncio servers are tcp, tcp-streams, tcp-minihttp, udp or unix, not {kind!r}"
+        )
     async with server:
         await server.serve_forever()
 
@@ -456,9 +523,10 @@ def main(argv=None):
     )
     p.add_argument(
         "--handler",
-        choices=["lines", "readline", "sendto"],
+        choices=["lines", "readline", "sendto", "minihttp"],
         default="lines",
-        help="stream handler: 'for line in rfile' (default) or a readline() loop, Nagle off; "
+        help="stream handler: 'for line in rfile' (default) or a readline() loop, Nagle off, "
+        "or a hand-written HTTP/1.1 responder (minihttp, also on the reactor); "
         "datagram handler: DatagramRequestHandler (default) or BaseRequestHandler + sendto()",
     )
     p.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")

@@ -1,0 +1,154 @@
+"""Cross-check of the headline ratios with another load generator and other handler code.
+
+run.py measures with our own load generator (loadgen) and an echo handler. Here the client is
+``wrk`` (HTTP/1.1 keep-alive, C, one thread) and the handler a hand-written HTTP responder
+(``servers.py --handler minihttp``: read the request's lines up to the blank one, write a
+fixed reply), on the stdlib's ``ThreadingTCPServer``, ours, our ``ThreadPoolTCPServer`` sized
+to the connections, our ``ReactorTCPServer`` (a line-framed ``MessageHandler``) and a uvloop
+``Protocol``, at 1, 16 and 256 connections. Servers run in a session of their own, pinned to
+CPU 0, wrk to CPU 1, as in run.py; rounds interleave the rows, and each ratio is taken within
+a round, so the machine's drift cancels.
+
+    .venv/bin/python benches/crosscheck.py [--rounds 5] [--seconds 3] [--conns 1,16,256]
+
+Writes ``results/crosscheck.md``. Needs wrk (Debian: ``apt-get install wrk``) and uvloop.
+wrk cannot hold its requests until every connection is served (loadgen's ``--prime``), so a
+server that accepts slowly shows it here as wrk's timeouts and a lower rate.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+from harness.measure import parse_wrk
+from harness.processes import Noise, Server, child_setup
+from harness.report import fmt_num, table
+from harness.scenarios import Impl
+
+STDLIB = "stdlib ThreadingTCPServer"
+UVLOOP = "uvloop (Protocol)"
+REACTOR = "rs ReactorTCPServer (MessageHandler)"
+POOL = "rs ThreadPoolTCPServer"
+RESULTS = Path(__file__).resolve().parent / "results" / "crosscheck.md"
+
+
+def rows(conns):
+    handler = ("--backlog", "1024", "--handler", "minihttp")
+    return [
+        Impl(STDLIB, "stdlib", "ThreadingTCPServer", STDLIB, handler),
+        Impl("rs ThreadingTCPServer", "rs", "ThreadingTCPServer", STDLIB, handler),
+        Impl(POOL, "rs", "ThreadPoolTCPServer", STDLIB, (*handler, "--max-workers", str(conns))),
+        Impl(REACTOR, "rs", "ReactorTCPServer", STDLIB, handler),
+        Impl(UVLOOP, "uvloop", "tcp-minihttp", STDLIB, ("--backlog", "1024")),
+    ]
+
+
+def wrk(url, conns, seconds):
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s", url]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        preexec_fn=child_setup("client"),
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed: {done.stderr.strip()}")
+    return parse_wrk(done.stdout)
+
+
+def measure(impl, conns, seconds, log):
+    server = Server(impl, "127.0.0.1:0", log)
+    try:
+        url = f"http://{server.wait_ready()}/"
+        wrk(url, conns, 1)  # warm-up
+        noise = Noise(server)
+        cpu0 = server.cpu_seconds()
+        result = wrk(url, conns, seconds)
+        cpu1 = server.cpu_seconds()
+        result["other_cpus"] = noise.other_cpus()
+        if result["requests"] == 0:
+            raise RuntimeError("no request answered")
+    finally:
+        server.stop()
+    result["cpu_us_per_req"] = (cpu1 - cpu0) / result["requests"] * 1e6
+    return result
+
+
+def per_round(runs, label, base, key):
+    """The ratio of ``label`` to ``base`` in each round: (median, lowest, highest)."""
+    ratios = [a[key] / b[key] for a, b in zip(runs[label], runs[base], strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def fmt_range(stat):
+    middle, low, high = stat
+    return f"{middle:.2f}x ({low:.2f}-{high:.2f})"
+
+
+def report(conns, runs):
+    header = [
+        "implementation",
+        "req/s (median)",
+        "x stdlib, per round",
+        "CPU/req x stdlib",
+        "p99 ms (median)",
+        "timeouts + errors",
+    ]
+    lines = []
+    for label, results in runs.items():
+        lines.append(
+            [
+                label,
+                fmt_num(statistics.median(r["rps"] for r in results), 0),
+                fmt_range(per_round(runs, label, STDLIB, "rps")),
+                f"{per_round(runs, label, STDLIB, 'cpu_us_per_req')[0]:.2f}x",
+                fmt_num(statistics.median(r["p99_ms"] or 0 for r in results)),
+                str(sum(r["timeouts"] + r["errors"] for r in results)),
+            ]
+        )
+    reactor = fmt_range(per_round(runs, REACTOR, UVLOOP, "rps"))
+    pool = fmt_range(per_round(runs, POOL, STDLIB, "rps"))
+    noise = max(r["other_cpus"] for results in runs.values() for r in results)
+    return (
+        f"### {conns} connection{'s' if conns > 1 else ''} (wrk -t1 -c{conns})\n\n"
+        + table(header, lines)
+        + f"\n\nReactor against uvloop, per round: {reactor}. Pool against the stdlib's "
+        f"ThreadingTCPServer, per round: {pool}. Other processes kept at most {noise:.2f} "
+        "CPUs busy.\n"
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--conns", default="1,16,256")
+    args = parser.parse_args()
+    sections = []
+    with tempfile.TemporaryFile("w+") as log:
+        for conns in (int(c) for c in args.conns.split(",")):
+            impls = rows(conns)
+            runs = {impl.label: [] for impl in impls}
+            for rnd in range(args.rounds):
+                shift = rnd % len(impls)
+                for impl in impls[shift:] + impls[:shift]:
+                    runs[impl.label].append(measure(impl, conns, args.seconds, log))
+            section = report(conns, runs)
+            print(section, flush=True)
+            sections.append(section)
+    head = (
+        "## Cross-check: wrk and a hand-written HTTP responder\n\n"
+        f"`benches/crosscheck.py --rounds {args.rounds} --seconds {args.seconds} --conns "
+        f"{args.conns}`; load average before: {os.getloadavg()[0]:.2f}. Ratios are taken "
+        "within each round (median, lowest-highest).\n\n"
+    )
+    RESULTS.write_text(head + "\n".join(sections))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
