@@ -19,12 +19,11 @@ server that accepts slowly shows it here as wrk's timeouts and a lower rate.
 import argparse
 import os
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
-from harness.measure import parse_wrk
-from harness.processes import Noise, Server, child_setup
+from harness.measure import run_wrk
+from harness.processes import Noise, Server
 from harness.report import fmt_num, table
 from harness.scenarios import Impl
 
@@ -46,28 +45,14 @@ def rows(conns):
     ]
 
 
-def wrk(url, conns, seconds):
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s", url]
-    done = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        preexec_fn=child_setup("client"),
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed: {done.stderr.strip()}")
-    return parse_wrk(done.stdout)
-
-
 def measure(impl, conns, seconds, log):
     server = Server(impl, "127.0.0.1:0", log)
     try:
         url = f"http://{server.wait_ready()}/"
-        wrk(url, conns, 1)  # warm-up
+        run_wrk(url, conns, 1)  # warm-up
         noise = Noise(server)
         cpu0 = server.cpu_seconds()
-        result = wrk(url, conns, seconds)
+        result = run_wrk(url, conns, seconds)
         cpu1 = server.cpu_seconds()
         result["other_cpus"] = noise.other_cpus()
         if result["requests"] == 0:

@@ -344,23 +344,28 @@ def parse_wrk(text):
     }
 
 
+def run_wrk(url, conns, seconds):
+    """One ``wrk -t1`` run with ``conns`` keep-alive connections, on the client's CPU."""
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s", url]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        preexec_fn=child_setup("client"),
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed: {done.stderr.strip()}")
+    return parse_wrk(done.stdout)
+
+
 def measure_http(impl, settings, log):
     server = Server(impl, "127.0.0.1:0", log)
     try:
         url = f"http://{server.wait_ready()}/"
 
         def wrk(seconds):
-            cmd = ["wrk", "-t1", "-c16", f"-d{seconds}s", "--latency", "--timeout", "5s", url]
-            done = subprocess.run(
-                cmd,
-                capture_output=True,
-                text=True,
-                timeout=seconds + 30,
-                preexec_fn=child_setup("client"),
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"wrk failed: {done.stderr.strip()}")
-            return parse_wrk(done.stdout)
+            return run_wrk(url, 16, seconds)
 
         wrk(1)  # warm-up
         noise = Noise(server)
