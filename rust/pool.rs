@@ -114,11 +114,11 @@ impl WorkerPool {
     fn stock_kind(&self, server: &Bound<'_, PyAny>) -> PyResult<i32> {
         let py = server.py();
         let key = instance_dict_len(server);
-        let mut plan = self
+        let cached = *self
             .worker_plan
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some((seen, kind)) = *plan
+        if let Some((seen, kind)) = cached
             && seen == key
         {
             return Ok(kind);
@@ -130,9 +130,14 @@ impl WorkerPool {
                     .unbind(),
             )
         })?;
-        // The GIL is held throughout, so no other worker asks meanwhile.
+        // Asked without the lock held: running Python can hand the GIL to another worker,
+        // which would then block on the lock while holding the GIL this call needs back. Two
+        // workers asking at once get the same answer; the last one stored wins.
         let kind: i32 = finalize::call(ask.bind(py), (server,))?.extract()?;
-        *plan = Some((key, kind));
+        *self
+            .worker_plan
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((key, kind));
         Ok(kind)
     }
 }

@@ -385,3 +385,40 @@ def test_handle_request_serves_one_request_even_with_more_waiting(harness, flavo
     server.handle_request()
     server.handle_request()
     assert sorted(reply_of(sock, kind) for sock in waiting) == [b"echo:%d" % i for i in range(3)]
+
+
+class _SlowHookLookup(type):
+    """Looking ``finish_request`` up on the class sleeps a little, so that the worker asking
+    whether the stock path applies lets the GIL go right in the middle of the question."""
+
+    def __getattribute__(cls, name):
+        if name == "finish_request":
+            time.sleep(0.01)
+        return super().__getattribute__(name)
+
+
+def test_workers_asking_about_the_stock_path_at_once_all_serve(harness, flavour):
+    """A pool's new workers each ask (in Python) whether their hooks are still stock. One
+    worker once held a lock while asking, and a second one, given the GIL meanwhile, blocked
+    on that lock with the GIL held: both hung. Eight clients at once on a fresh server all get
+    their answers."""
+    base = server_base(flavour, "tcp")
+    cls = _SlowHookLookup("SlowLookup" + base.__name__, (base,), {})
+    server = harness.server(
+        cls, ("127.0.0.1", 0), echo_handler(module_of(flavour)), request_queue_size=64
+    )
+    server.log, server.seen, server.errors, server.threads = [], [], [], []
+    harness.serve(server)
+    replies = {}
+
+    def client(index):
+        payload = b"client-%d" % index
+        replies[index] = ask(harness, server, "tcp", payload)
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(2 * STOP_TIMEOUT)
+    assert not any(thread.is_alive() for thread in clients), "requests went unanswered"
+    assert replies == {i: b"echo:client-%d" % i for i in range(8)}
