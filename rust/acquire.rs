@@ -104,9 +104,10 @@ impl Converter {
                 })?;
                 let (family, kind, proto) = self.socket_args;
                 // On failure `fd` is dropped here and closed: nothing leaks.
-                let request = class
-                    .bind(py)
-                    .call1((family, kind, proto, fd.as_raw_fd()))?;
+                // Guarded: `socket.socket.__init__` is Python code, where a daemon worker can
+                // be ended by an exiting interpreter (see finalize.rs).
+                let request =
+                    crate::finalize::call(class.bind(py), (family, kind, proto, fd.as_raw_fd()))?;
                 let _owned_by_python_now = fd.into_raw_fd();
                 PyTuple::new(py, [request, peer_to_python(py, &peer)?])
             }

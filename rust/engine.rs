@@ -884,11 +884,13 @@ pub(crate) fn serve_stock(
 /// then `close_request()`'s `close()`.
 fn shut_down_connection(engine: &Engine, request: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = request.py();
-    match request.call_method1(intern!(py, "shutdown"), (libc::SHUT_WR,)) {
+    // Guarded calls: `close()` is Python code (socket.py), where a daemon worker can be ended
+    // by an exiting interpreter (see finalize.rs).
+    match finalize::call_method(request, intern!(py, "shutdown"), (libc::SHUT_WR,)) {
         Err(err) if !err.is_instance_of::<pyo3::exceptions::PyOSError>(py) => return Err(err),
         _ => {}
     }
-    request.call_method0(intern!(py, "close"))?;
+    finalize::call_method(request, intern!(py, "close"), ())?;
     Counters::bump(&engine.stats.closed);
     Ok(())
 }

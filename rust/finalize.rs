@@ -28,7 +28,8 @@
 //!   called. On glibc, `call` goes through `sys::EXIT_GUARD` (`sys/exit_guard.c`), a C
 //!   frame that catches that unwind (`pthread_cleanup_push`) and parks the thread there,
 //!   before the unwind reaches a Rust frame. musl's and macOS's `pthread_exit()` do not unwind, so `call` is a plain call there.
-//!   Calls that run no user code (`fileno()`, `gettimeout()`, making a socket) stay plain.
+//!   Calls that run no Python bytecode (`fileno()`, `gettimeout()`) stay plain; anything that
+//!   does, `socket.socket(...)` and `close()` from socket.py included, goes through `call`.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
