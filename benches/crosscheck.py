@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from harness.measure import run_wrk
-from harness.processes import Noise, Server
+from harness.processes import Noise, Server, pin_server_and_client
 from harness.report import fmt_num, table
 from harness.scenarios import Impl
 
@@ -113,6 +113,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--conns", default="1,16,256")
     args = parser.parse_args()
+    pin_server_and_client()
     sections = []
     with tempfile.TemporaryFile("w+") as log:
         for conns in (int(c) for c in args.conns.split(",")):

@@ -43,6 +43,7 @@ from harness.processes import (
     build_loadgen,
     git_revision,
     measured_package,
+    pin_server_and_client,
     stop_all,
 )
 from harness.report import (
@@ -161,9 +162,8 @@ def main(argv=None):
     if not LOADGEN.exists():
         raise SystemExit(f"{LOADGEN} is missing: cargo build --release -p loadgen")
 
-    cpus = sorted(os.sched_getaffinity(0))
-    if not args.no_pin and len(cpus) >= 2:
-        PIN["server"], PIN["client"] = {cpus[0]}, {cpus[1]}
+    if not args.no_pin:
+        pin_server_and_client()
     rs_names = available_rs_names()
     has_uvloop = uvloop_available()
     when = datetime.datetime.now().astimezone()

@@ -1,7 +1,8 @@
 """Benchmark servers, one per process, all running the same handler code.
 
     python benches/servers.py IMPL KIND ADDRESS [--backlog N] [--max-workers N] [--lifetime S]
-                              [--handler lines|readline|minihttp] [--tls-cert PEM --tls-key PEM]
+                              [--handler lines|readline|sendto|minihttp|upper]
+                              [--tls-cert PEM --tls-key PEM]
     python benches/servers.py shutdown-latency IMPL [--tries N]
     python benches/servers.py idle IMPL KIND [--seconds S]
 
@@ -12,7 +13,8 @@ IMPL is ``stdlib`` (``socketserver``), ``rs`` (``socketserver_rs``), ``asyncio``
 handler on that class; ``http-stock:CLASS`` leaves Nagle on, as the handler ships); for the
 others it is ``tcp``, ``udp`` or ``unix`` (an echo ``Protocol``), or ``tcp-streams`` (asyncio
 streams: ``await reader.readline()``, ``writer.write()``, ``await writer.drain()``), or
-``tcp-minihttp`` (the hand-written HTTP responder of ``--handler minihttp``). ADDRESS is
+``tcp-minihttp`` (the hand-written HTTP responder of ``--handler minihttp``), or
+``tcp-upper``/``udp-upper`` (the uppercasing reply of ``--handler upper``). ADDRESS is
 ``127.0.0.1:PORT`` (port 0 picks a free one) or a filesystem path for Unix sockets.
 ``--handler readline`` gives the stream socketserver classes an explicit ``readline()`` loop
 with Nagle off instead of the default ``for line in rfile`` handler; ``--handler minihttp`` a
@@ -148,6 +150,58 @@ def mini_http_message_handler(mod):
     return MiniHTTPMessage
 
 
+# The handlers benches/crosscheck_threads.py drives with its threaded Python client: the socket
+# API itself (no rfile/wfile, no line framing), and a reply that differs from the request.
+
+
+def upper_handlers(mod):
+    """``recv()``/``sendall()`` of the uppercased bytes on ``mod.BaseRequestHandler`` for
+    streams, and ``sendto()`` of the uppercased datagram for datagrams."""
+
+    class UpperStream(mod.BaseRequestHandler):
+        def handle(self):
+            recv, sendall = self.request.recv, self.request.sendall
+            while data := recv(65536):
+                sendall(data.upper())
+
+    class UpperDatagram(mod.BaseRequestHandler):
+        def handle(self):
+            data, sock = self.request
+            sock.sendto(data.upper(), self.client_address)
+
+    return UpperStream, UpperDatagram
+
+
+def upper_message_handler(mod):
+    """The same on the reactor: whatever one read returned (or one datagram), uppercased."""
+
+    class UpperMessage(mod.MessageHandler):
+        framing = "raw"
+
+        def handle_message(self, message):
+            return message.upper()
+
+    return UpperMessage
+
+
+class UpperProtocol(asyncio.Protocol):
+    """The same on asyncio and uvloop."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data.upper())
+
+
+class UpperDatagramProtocol(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data.upper(), addr)
+
+
 class MiniHTTPProtocol(asyncio.Protocol):
     """The same on asyncio and uvloop: one reply per complete request head."""
 
@@ -246,6 +300,14 @@ def build_socketserver(
         handler = (mini_http_message_handler if kind.startswith("Reactor") else mini_http_handler)(
             mod
         )
+    elif handler == "upper":
+        if kind.startswith("http"):
+            raise SystemExit("--handler upper is for the socketserver and reactor classes")
+        if kind.startswith("Reactor"):
+            handler = upper_message_handler(mod)
+        else:
+            stream, datagram = upper_handlers(mod)
+            handler = datagram if cls.socket_type == socket.SOCK_DGRAM else stream
     elif handler == "readline" and not kind.startswith(("http", "Reactor")):
         if cls.socket_type != socket.SOCK_STREAM:
             raise SystemExit("--handler readline is for stream servers")
@@ -350,6 +412,18 @@ async def serve_asyncio(kind, address, backlog, tls=None):
             MiniHTTPProtocol, address[0], address[1], backlog=backlog, reuse_address=True
         )
         ready(server.sockets[0].getsockname())
+    elif kind == "tcp-upper":
+        server = await loop.create_server(
+            UpperProtocol, address[0], address[1], backlog=backlog, reuse_address=True
+        )
+        ready(server.sockets[0].getsockname())
+    elif kind == "udp-upper":
+        transport, _ = await loop.create_datagram_endpoint(
+            UpperDatagramProtocol, local_addr=address
+        )
+        ready(transport.get_extra_info("sockname"))
+        await asyncio.Event().wait()
+        return
     elif kind == "tcp-streams":
         server = await asyncio.start_server(
             echo_lines_stream,
@@ -374,7 +448,8 @@ async def serve_asyncio(kind, address, backlog, tls=None):
         return
     else:
         raise SystemExit(
-            f"asyncio servers are tcp, tcp-streams, tcp-minihttp, udp or unix, not {kind!r}"
+            "asyncio servers are tcp, tcp-streams, tcp-minihttp, tcp-upper, udp, udp-upper or "
+            f"unix, not {kind!r}"
         )
     async with server:
         await server.serve_forever()
@@ -523,11 +598,13 @@ def main(argv=None):
     )
     p.add_argument(
         "--handler",
-        choices=["lines", "readline", "sendto", "minihttp"],
+        choices=["lines", "readline", "sendto", "minihttp", "upper"],
         default="lines",
         help="stream handler: 'for line in rfile' (default) or a readline() loop, Nagle off, "
         "or a hand-written HTTP/1.1 responder (minihttp, also on the reactor); "
-        "datagram handler: DatagramRequestHandler (default) or BaseRequestHandler + sendto()",
+        "datagram handler: DatagramRequestHandler (default) or BaseRequestHandler + sendto(); "
+        "upper: recv()/sendall() (streams) or sendto() (datagrams) of the uppercased bytes, "
+        "on BaseRequestHandler, and a raw MessageHandler on the reactor",
     )
     p.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain")
     p.add_argument("--tls-key", help="the PEM private key of --tls-cert")

@@ -46,6 +46,14 @@ def raise_nofile(want=NOFILE):
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+def pin_server_and_client():
+    """Pin servers to the first CPU we may use and load generators to the second, so neither
+    takes the other's CPU time (no pinning with a single CPU)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        PIN["server"], PIN["client"] = {cpus[0]}, {cpus[1]}
+
+
 def child_setup(role):
     """What runs in a server's or load generator's process before it starts: the CPU it is
     pinned to (if any) and a descriptor limit that fits 10,000 connections."""
