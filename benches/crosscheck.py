@@ -24,8 +24,8 @@ from pathlib import Path
 
 from harness.measure import run_wrk
 from harness.processes import Noise, Server, pin_server_and_client
-from harness.report import fmt_num, table
-from harness.scenarios import Impl
+from harness.report import fmt_num, fmt_ratio_range, ratio_stats, round_ratios, table
+from harness.scenarios import Impl, Row
 
 STDLIB = "stdlib ThreadingTCPServer"
 UVLOOP = "uvloop (Protocol)"
@@ -63,18 +63,7 @@ def measure(impl, conns, seconds, log):
     return result
 
 
-def per_round(runs, label, base, key):
-    """The ratio of ``label`` to ``base`` in each round: (median, lowest, highest)."""
-    ratios = [a[key] / b[key] for a, b in zip(runs[label], runs[base], strict=True)]
-    return statistics.median(ratios), min(ratios), max(ratios)
-
-
-def fmt_range(stat):
-    middle, low, high = stat
-    return f"{middle:.2f}x ({low:.2f}-{high:.2f})"
-
-
-def report(conns, runs):
+def report(conns, rows):
     header = [
         "implementation",
         "req/s (median)",
@@ -84,20 +73,25 @@ def report(conns, runs):
         "timeouts + errors",
     ]
     lines = []
-    for label, results in runs.items():
+
+    def ratio(label, base, key):
+        return ratio_stats(round_ratios(rows, label, base, key))
+
+    for row in rows:
+        label, results = row.impl.label, row.runs
         lines.append(
             [
                 label,
                 fmt_num(statistics.median(r["rps"] for r in results), 0),
-                fmt_range(per_round(runs, label, STDLIB, "rps")),
-                f"{per_round(runs, label, STDLIB, 'cpu_us_per_req')[0]:.2f}x",
+                fmt_ratio_range(ratio(label, STDLIB, "rps")),
+                f"{ratio(label, STDLIB, 'cpu_us_per_req')['median']:.2f}x",
                 fmt_num(statistics.median(r["p99_ms"] or 0 for r in results)),
                 str(sum(r["timeouts"] + r["errors"] for r in results)),
             ]
         )
-    reactor = fmt_range(per_round(runs, REACTOR, UVLOOP, "rps"))
-    pool = fmt_range(per_round(runs, POOL, STDLIB, "rps"))
-    noise = max(r["other_cpus"] for results in runs.values() for r in results)
+    reactor = fmt_ratio_range(ratio(REACTOR, UVLOOP, "rps"))
+    pool = fmt_ratio_range(ratio(POOL, STDLIB, "rps"))
+    noise = max(r["other_cpus"] for row in rows for r in row.runs)
     return (
         f"### {conns} connection{'s' if conns > 1 else ''} (wrk -t1 -c{conns})\n\n"
         + table(header, lines)
@@ -117,13 +111,12 @@ def main():
     sections = []
     with tempfile.TemporaryFile("w+") as log:
         for conns in (int(c) for c in args.conns.split(",")):
-            impls = rows(conns)
-            runs = {impl.label: [] for impl in impls}
+            measured = [Row(impl) for impl in rows(conns)]
             for rnd in range(args.rounds):
-                shift = rnd % len(impls)
-                for impl in impls[shift:] + impls[:shift]:
-                    runs[impl.label].append(measure(impl, conns, args.seconds, log))
-            section = report(conns, runs)
+                shift = rnd % len(measured)
+                for row in measured[shift:] + measured[:shift]:
+                    row.runs.append(measure(row.impl, conns, args.seconds, log))
+            section = report(conns, measured)
             print(section, flush=True)
             sections.append(section)
     head = (

@@ -17,20 +17,17 @@ Writes ``results/crosscheck_threads.md``.
 """
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from harness.processes import Server, child_setup, pin_server_and_client
-from harness.report import fmt_num, table
-from harness.scenarios import Impl
+from harness.measure import run_pyclient
+from harness.processes import Server, pin_server_and_client
+from harness.report import fmt_num, fmt_ratio_range, ratio_stats, round_ratios, table
+from harness.scenarios import Impl, Row
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "crosscheck_threads.md"
+RESULTS = Path(__file__).resolve().parent / "results" / "crosscheck_threads.md"
 HANDLER = ("--backlog", "1024", "--handler", "upper")
 
 
@@ -85,51 +82,15 @@ def rows(mode, threads):
 def measure(impl, mode, threads, seconds, log):
     server = Server(impl, "127.0.0.1:0", log)
     try:
-        address = server.wait_ready()
-        cmd = [
-            sys.executable,
-            str(HERE / "pyclient.py"),
-            "--addr",
-            address,
-            "--mode",
-            mode,
-            "--threads",
-            str(threads),
-            "--seconds",
-            str(seconds),
-            "--server-pid",
-            str(server.proc.pid),
-        ]
-        done = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            timeout=seconds + 120,
-            preexec_fn=child_setup("client"),
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"pyclient failed on {impl.label}: {done.stderr.strip()[-400:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result = run_pyclient(server.wait_ready(), mode, threads, seconds, server.proc.pid)
     finally:
         server.stop()
     if result["requests"] == 0:
         raise RuntimeError(f"{impl.label}: no request answered")
-    result["cpu_us_per_req"] = result["server_cpu_seconds"] / result["requests"] * 1e6
     return result
 
 
-def per_round(runs, label, base, key):
-    """The ratio of ``label`` to ``base`` in each round: (median, lowest, highest)."""
-    ratios = [a[key] / b[key] for a, b in zip(runs[label], runs[base], strict=True)]
-    return statistics.median(ratios), min(ratios), max(ratios)
-
-
-def fmt_range(stat):
-    middle, low, high = stat
-    return f"{middle:.2f}x ({low:.2f}-{high:.2f})"
-
-
-def report(mode, threads, impls, runs):
+def report(mode, threads, rows):
     header = [
         "implementation",
         "req/s (median)",
@@ -140,16 +101,16 @@ def report(mode, threads, impls, runs):
         "timeouts + errors",
     ]
     lines = []
-    for impl in impls:
-        results = runs[impl.label]
-        against = (
-            [
-                fmt_range(per_round(runs, impl.label, impl.baseline, key)) + f" vs {impl.baseline}"
+    for row in rows:
+        impl, results = row.impl, row.runs
+        if impl.baseline:
+            against = [
+                fmt_ratio_range(ratio_stats(round_ratios(rows, impl.label, impl.baseline, key)))
+                + f" vs {impl.baseline}"
                 for key in ("rps", "cpu_us_per_req")
             ]
-            if impl.baseline
-            else ["(baseline)", "(baseline)"]
-        )
+        else:
+            against = ["(baseline)", "(baseline)"]
         lines.append(
             [
                 impl.label,
@@ -160,11 +121,8 @@ def report(mode, threads, impls, runs):
                 str(sum(r["timeouts"] + r["errors"] for r in results)),
             ]
         )
-    return (
-        f"### {mode}, {threads} client thread{'s' if threads > 1 else ''}\n\n"
-        + table(header, lines)
-        + "\n"
-    )
+    title = f"### {mode}, {threads} client thread{'s' if threads > 1 else ''}\n\n"
+    return title + table(header, lines) + "\n"
 
 
 def main():
@@ -180,13 +138,12 @@ def main():
     with tempfile.TemporaryFile("w+") as log:
         for mode in args.modes.split(","):
             for threads in (int(t) for t in args.threads.split(",")):
-                impls = rows(mode, threads)
-                runs = {impl.label: [] for impl in impls}
+                measured = [Row(impl) for impl in rows(mode, threads)]
                 for rnd in range(args.rounds):
-                    shift = rnd % len(impls)
-                    for impl in impls[shift:] + impls[:shift]:
-                        runs[impl.label].append(measure(impl, mode, threads, args.seconds, log))
-                section = report(mode, threads, impls, runs)
+                    shift = rnd % len(measured)
+                    for row in measured[shift:] + measured[:shift]:
+                        row.runs.append(measure(row.impl, mode, threads, args.seconds, log))
+                section = report(mode, threads, measured)
                 print(section, flush=True)
                 sections.append(section)
     head = (

@@ -9,6 +9,7 @@ import subprocess
 import time
 
 from .processes import (
+    BENCHES,
     PYTHON,
     REPO,
     SERVERS,
@@ -344,19 +345,44 @@ def parse_wrk(text):
     }
 
 
+def run_client(cmd, timeout):
+    """Runs a load generator on the client's CPU and returns its standard output."""
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=child_setup("client")
+    )
+    if done.returncode != 0:
+        name = os.path.basename(cmd[1] if cmd[0] == PYTHON else cmd[0])
+        raise RuntimeError(f"{name} failed: {done.stderr.strip()[-400:]}")
+    return done.stdout
+
+
 def run_wrk(url, conns, seconds):
     """One ``wrk -t1`` run with ``conns`` keep-alive connections, on the client's CPU."""
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s", url]
-    done = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        preexec_fn=child_setup("client"),
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed: {done.stderr.strip()}")
-    return parse_wrk(done.stdout)
+    return parse_wrk(run_client(cmd, seconds + 30))
+
+
+def run_pyclient(address, mode, threads, seconds, server_pid):
+    """One run of benches/pyclient.py (``threads`` blocking Python threads), on the client's
+    CPU; its JSON as a dict, with the server's CPU per request added."""
+    cmd = [
+        PYTHON,
+        str(BENCHES / "pyclient.py"),
+        "--addr",
+        address,
+        "--mode",
+        mode,
+        "--threads",
+        str(threads),
+        "--seconds",
+        str(seconds),
+        "--server-pid",
+        str(server_pid),
+    ]
+    result = json.loads(run_client(cmd, seconds + 120).strip().splitlines()[-1])
+    if result["requests"]:
+        result["cpu_us_per_req"] = result["server_cpu_seconds"] / result["requests"] * 1e6
+    return result
 
 
 def measure_http(impl, settings, log):
