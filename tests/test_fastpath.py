@@ -293,6 +293,57 @@ def test_max_packet_size_changed_while_serving_applies_to_the_next_datagram(ss, 
     assert client.recv(100) == b"echo:012"
 
 
+# Every datagram server family, by the engine path it takes (serial, a request thread or a
+# child per datagram, a pool worker): `ss` class name and, where the stdlib has no such
+# class, the stdlib class that is its oracle (ThreadingMixIn for the pools).
+DATAGRAM_SERVERS = {
+    "serial": ("UDPServer", "UDPServer"),
+    "threading": ("ThreadingUDPServer", "ThreadingUDPServer"),
+    "forking": ("ForkingUDPServer", "ForkingUDPServer"),
+    "pool": ("ThreadPoolUDPServer", "ThreadingUDPServer"),
+    "unix": ("UnixDatagramServer", "UnixDatagramServer"),
+    "unix-pool": ("ThreadPoolUnixDatagramServer", "ThreadingUnixDatagramServer"),
+}
+NEEDS = {"forking": hasattr(os, "fork"), "unix": HAS_UNIX, "unix-pool": HAS_UNIX}
+
+
+@pytest.mark.parametrize("where", ["instance", "class"])
+@pytest.mark.parametrize("family", list(DATAGRAM_SERVERS))
+def test_max_packet_size_lowered_while_serving_truncates_the_next_datagram(
+    ss, harness, unix_dir, family, where
+):
+    """``get_request()`` reads ``max_packet_size`` for every datagram, right before
+    ``recvfrom()``: a change made by another thread while the loop waits applies to the next
+    datagram, which ``recvfrom()`` with the smaller buffer truncates. Changed twice, so the
+    second change leaves the instance's ``__dict__`` the same size."""
+    if not NEEDS.get(family, True):
+        pytest.skip(f"no {family} servers on this platform")
+    ours, oracle = DATAGRAM_SERVERS[family]
+    cls = getattr(ss, oracle if ss.__name__ == "socketserver" else ours)
+
+    class Echo(ss.BaseRequestHandler):
+        def handle(self):
+            data, sock = self.request
+            sock.sendto(b"echo:" + data, self.client_address)
+
+    kind = "unix_dgram" if family.startswith("unix") else "udp"
+    # On a throwaway subclass (see Harness.server), so a change on the class stays here.
+    server = harness.server(cls, server_address(kind, unix_dir), Echo, max_packet_size=8192)
+    harness.serve(server, poll_interval=POLL)
+    client = harness.datagram_client(server, address=os.path.join(str(unix_dir), "c.sock"))
+    payload = b"0123456789"
+
+    def exchange():
+        client.sendto(payload, server.server_address)
+        return client.recv(100)
+
+    assert exchange() == b"echo:" + payload
+    owner = server if where == "instance" else type(server)
+    for size in (6, 3, 8192):
+        owner.max_packet_size = size
+        assert exchange() == b"echo:" + payload[:size], f"max_packet_size = {size}"
+
+
 def test_get_request_assigned_on_the_instance_while_serving_is_used(ss, harness):
     server = harness.server(ss.TCPServer, (LOOPBACK, 0), echo_handler(ss))
     harness.serve(server, poll_interval=POLL)
