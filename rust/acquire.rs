@@ -38,18 +38,7 @@ pub struct RawAcquirer {
 }
 
 impl RawAcquirer {
-    /// Another receiver of the same datagram socket, with a buffer of its own (`None` for a
-    /// stream socket): for pool workers that receive the next datagram themselves.
-    pub fn datagram_twin(&self) -> Option<RawAcquirer> {
-        self.datagram_buffer.as_ref().map(|buffer| RawAcquirer {
-            fd: self.fd,
-            nodelay: false,
-            datagram_buffer: Some(vec![0; buffer.len()]),
-        })
-    }
-
     /// A receiver of datagram socket `fd` with a `size`-byte buffer.
-    #[cfg(test)]
     pub fn datagram(fd: RawFd, size: usize) -> RawAcquirer {
         RawAcquirer {
             fd,
@@ -58,7 +47,20 @@ impl RawAcquirer {
         }
     }
 
-    /// Make the datagram buffer `size` long (a changed `max_packet_size`).
+    /// Another receiver of the same datagram socket, with a buffer of its own (`None` for a
+    /// stream socket): for pool workers that receive the next datagram themselves.
+    pub fn datagram_twin(&self) -> Option<RawAcquirer> {
+        let buffer = self.datagram_buffer.as_ref()?;
+        Some(RawAcquirer::datagram(self.fd, buffer.len()))
+    }
+
+    /// Whether this receives datagrams (rather than accepting connections).
+    pub fn is_datagram(&self) -> bool {
+        self.datagram_buffer.is_some()
+    }
+
+    /// Make the datagram buffer `size` long (a changed `max_packet_size`); nothing for a
+    /// stream socket, and no allocation when the size is unchanged.
     pub fn set_packet_size(&mut self, size: usize) {
         if let Some(buffer) = &mut self.datagram_buffer
             && buffer.len() != size
@@ -136,27 +138,23 @@ impl FastPath {
         let family: i32 = socket.getattr("family")?.extract()?;
         let kind: i32 = socket.getattr("type")?.extract()?;
         let proto: i32 = socket.getattr("proto")?.extract()?;
-        if !matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX) {
+        if !matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX)
+            || !matches!(kind, libc::SOCK_STREAM | libc::SOCK_DGRAM)
+        {
             return Ok(None);
         }
-        let datagram_buffer = match kind {
-            libc::SOCK_STREAM => None,
-            libc::SOCK_DGRAM => {
-                let size: usize = server.getattr("max_packet_size")?.extract()?;
-                Some(vec![0; size])
-            }
-            _ => return Ok(None),
-        };
         let fd: RawFd = socket.call_method0("fileno")?.extract()?;
-        let nodelay = kind == libc::SOCK_STREAM
-            && family != libc::AF_UNIX
-            && server.getattr("tcp_nodelay")?.is_truthy()?;
-        Ok(Some(FastPath {
-            raw: RawAcquirer {
+        let raw = if kind == libc::SOCK_DGRAM {
+            RawAcquirer::datagram(fd, packet_size(server)?)
+        } else {
+            RawAcquirer {
                 fd,
-                nodelay,
-                datagram_buffer,
-            },
+                nodelay: family != libc::AF_UNIX && server.getattr("tcp_nodelay")?.is_truthy()?,
+                datagram_buffer: None,
+            }
+        };
+        Ok(Some(FastPath {
+            raw,
             converter: Arc::new(Converter {
                 socket_args: (family, kind, proto),
                 server_socket: socket.unbind(),
@@ -164,17 +162,20 @@ impl FastPath {
         }))
     }
 
-    /// Resize the datagram buffer if the server's `max_packet_size` changed (stdlib's
-    /// `get_request()` reads it for every datagram).
+    /// Size the datagram buffer to the server's `max_packet_size` now: called right before
+    /// each receive, where the stdlib's `get_request()` reads it. One attribute lookup per
+    /// datagram, as in the stdlib; nothing for a stream socket.
     pub fn follow_packet_size(&mut self, server: &Bound<'_, PyAny>) -> PyResult<()> {
-        if let Some(buffer) = &mut self.raw.datagram_buffer {
-            let size: usize = server
-                .getattr(pyo3::intern!(server.py(), "max_packet_size"))?
-                .extract()?;
-            if size != buffer.len() {
-                buffer.resize(size, 0);
-            }
+        if self.raw.datagram_buffer.is_some() {
+            self.raw.set_packet_size(packet_size(server)?);
         }
         Ok(())
     }
+}
+
+/// `server.max_packet_size`, looked up as `get_request()` looks it up (instance, then class).
+pub fn packet_size(server: &Bound<'_, PyAny>) -> PyResult<usize> {
+    server
+        .getattr(pyo3::intern!(server.py(), "max_packet_size"))?
+        .extract()
 }

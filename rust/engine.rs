@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::acquire::{FastPath, Raw};
+use crate::acquire::{FastPath, Raw, packet_size};
 use crate::deadline::{AcceptBackoff, Deadline, duration_from_secs, effective_timeout};
 use crate::errors::os_error;
 use crate::finalize::{self, detach};
@@ -276,6 +276,9 @@ impl Session {
         self.refresh_plan(server)?;
         let failure = match &mut self.fast {
             Some(fast) => {
+                // Read here, after the wait, as get_request() reads it before recvfrom(): a
+                // change made while the loop waited applies to this datagram.
+                fast.follow_packet_size(server)?;
                 let raw = &mut fast.raw;
                 match detach(py, move || raw.acquire()) {
                     Ok(raw) => {
@@ -320,14 +323,11 @@ impl Session {
         Counters::bump(&engine.stats.acquired);
         let stream = matches!(raw, Raw::Connection(..));
         let args = fast.converter.to_python(py, raw)?;
-        let served = if self.stock_requests {
+        if self.stock_requests {
             serve_stock(engine, server, &args, stream).map(|()| py.None().into_bound(py))
         } else {
             finalize::call_method(server, intern!(py, "_rs_serve_acquired"), args)
-        };
-        // As get_request() would, the next datagram uses the current size.
-        fast.follow_packet_size(server)?;
-        served
+        }
     }
 
     /// A serial server's datagram fast path, right after a datagram was served: take the
@@ -354,7 +354,9 @@ impl Session {
         if self.direct {
             return Ok(false);
         }
-        // recv_from never blocks (MSG_DONTWAIT): it is taken with the GIL held.
+        // recv_from never blocks (MSG_DONTWAIT): it is taken with the GIL held, and with the
+        // max_packet_size of this moment, as in serve_one.
+        fast.follow_packet_size(server)?;
         match fast.raw.acquire() {
             Ok(raw) => {
                 self.datagram_streak = true;
@@ -382,9 +384,19 @@ impl Session {
             return Ok(());
         };
         let queue = pool.get().queue();
+        // This loop cannot read max_packet_size per datagram (no GIL): it receives into a
+        // buffer large enough for any datagram the current size could keep, and the worker
+        // truncates each to the size it reads when it makes the request (see
+        // `WorkerPool::receive_len`). Read once here (at every entry) so that the buffer
+        // follows a size raised above it even before a worker has seen one.
+        if fast.raw.is_datagram() {
+            pool.get().note_packet_size(packet_size(server)?);
+            fast.raw.set_packet_size(pool.get().receive_len());
+        }
         // Workers receive the next datagram themselves while this loop runs without Python.
         pool.get().receive_slot().fill(fast.raw.datagram_twin());
         let latch = &engine.latch;
+        let workers = pool.get();
         let (poller, raw, backoff) = (&mut self.poller, &mut fast.raw, &mut self.backoff);
         let (parking, expired) = (&mut self.parking, &mut self.expired);
         let expired_timeouts = &mut self.expired_timeouts;
@@ -428,6 +440,8 @@ impl Session {
                 if !wakeup.readable {
                     continue; // a worker freed up, or shutdown: both are looked at above
                 }
+                // An atomic load; the buffer is resized only when a worker saw the size grow.
+                raw.set_packet_size(workers.receive_len());
                 match raw.acquire() {
                     Ok(item) => {
                         backoff.succeeded();

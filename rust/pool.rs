@@ -5,6 +5,7 @@
 //! `work` is a worker thread's whole loop: while the hooks a worker runs are stock, it
 //! serves each request as `engine::serve_stock` does, without a Python frame of its own.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
-use crate::acquire::{Converter, Raw};
+use crate::acquire::{Converter, Raw, packet_size};
 use crate::deadline::duration_from_secs;
 use crate::engine::{Engine, instance_dict_len, serve_stock};
 use crate::finalize::{self, detach};
@@ -48,7 +49,15 @@ pub struct WorkerPool {
     /// Filled while the engine serves a datagram socket with no Python on its thread: a
     /// worker that has just served a datagram receives the next one itself (see `work`).
     receive: ReceiveSlot,
+    /// The server's `max_packet_size` as last read (by a worker making a request of a raw
+    /// datagram, or by the engine entering its GIL-free loop): it sizes the buffers that
+    /// receive datagrams without the GIL (see `receive_len`).
+    packet_size: AtomicUsize,
 }
+
+/// The longest datagram IPv4 or IPv6 can carry (without jumbograms), rounded up: a receive
+/// buffer this long takes any UDP datagram whole.
+const LARGEST_DATAGRAM: usize = 65536;
 
 impl WorkerPool {
     pub fn queue(&self) -> &WorkQueue<WorkItem> {
@@ -63,6 +72,25 @@ impl WorkerPool {
             .unwrap_or_else(PoisonError::into_inner) = Some(converter);
     }
 
+    /// Record `max_packet_size` as just read from the server.
+    pub fn note_packet_size(&self, size: usize) {
+        self.packet_size.store(size, Ordering::Relaxed);
+    }
+
+    /// How long a buffer that receives datagrams without the GIL is to be. Those receives
+    /// cannot read `max_packet_size` (Python) for each datagram as `get_request()` does, so
+    /// they take up to a whole UDP datagram (or the last size read, if larger: Unix datagrams
+    /// can be longer) and the worker truncates it to the size it reads when it makes the
+    /// request, which is after the datagram arrived: any change made before then applies,
+    /// as in the stdlib. That lookup is the one `get_request()` makes too; the serving loop
+    /// itself makes none. Only a size raised above 64 KiB for a longer Unix datagram applies
+    /// one datagram late (to the buffer after a worker has read it).
+    pub fn receive_len(&self) -> usize {
+        self.packet_size
+            .load(Ordering::Relaxed)
+            .max(LARGEST_DATAGRAM)
+    }
+
     /// Where workers find the receiver for datagrams (filled by the engine).
     pub fn receive_slot(&self) -> &ReceiveSlot {
         &self.receive
@@ -70,33 +98,37 @@ impl WorkerPool {
 
     /// After a datagram served with stock hooks: the next one, if this worker may receive
     /// it (`claim` held, or free to take) and no queued request or `shutdown()` comes first.
-    /// `max_packet_size` is read first, as `get_request()` reads it for every datagram.
-    fn receive_next<'a>(
-        &'a self,
-        server: &Bound<'_, PyAny>,
-        engine: &Engine,
-        claim: &mut Option<Claim<'a>>,
-    ) -> PyResult<Option<Raw>> {
+    /// Received whole (see `receive_len`): `arguments` truncates it to `max_packet_size`.
+    fn receive_next<'a>(&'a self, engine: &Engine, claim: &mut Option<Claim<'a>>) -> Option<Raw> {
         if engine.shutdown_is_requested() || self.queue.gauges().2 > 0 {
-            return Ok(None);
+            return None;
         }
         if claim.is_none() {
             *claim = self.receive.claim();
         }
-        let Some(held) = claim else {
-            return Ok(None); // another worker is receiving
-        };
-        let size: usize = server
-            .getattr(intern!(server.py(), "max_packet_size"))?
-            .extract()?;
-        Ok(held.receive(size).inspect(|_| engine.note_acquired()))
+        let held = claim.as_ref()?; // None: another worker is receiving
+        let raw = held.receive(self.receive_len())?;
+        engine.note_acquired();
+        Some(raw)
     }
 
-    /// `(request, client_address)` for an item, made here for a raw one.
-    fn arguments<'py>(&self, py: Python<'py>, item: WorkItem) -> PyResult<Bound<'py, PyTuple>> {
+    /// `(request, client_address)` for an item, made here for a raw one: a raw datagram is
+    /// first truncated to the server's `max_packet_size` of this moment, as `recvfrom()`
+    /// with that size would have truncated it.
+    fn arguments<'py>(
+        &self,
+        py: Python<'py>,
+        server: Option<&Bound<'py, PyAny>>,
+        item: WorkItem,
+    ) -> PyResult<Bound<'py, PyTuple>> {
         match item {
             WorkItem::Ready(args) => Ok(args.into_bound(py).cast_into::<PyTuple>()?),
-            WorkItem::Raw(raw) => {
+            WorkItem::Raw(mut raw) => {
+                if let (Raw::Datagram(data, _), Some(server)) = (&mut raw, server) {
+                    let size = packet_size(server)?;
+                    self.note_packet_size(size);
+                    data.truncate(size);
+                }
                 let converter = self
                     .converter
                     .lock()
@@ -151,6 +183,7 @@ impl WorkerPool {
             converter: Mutex::new(None),
             worker_plan: Mutex::new(None),
             receive: ReceiveSlot::default(),
+            packet_size: AtomicUsize::new(0),
         }
     }
 
@@ -205,7 +238,7 @@ impl WorkerPool {
                 }
             };
             // Dropped at the end of each turn: an idle worker holds no finished request.
-            let args = self.arguments(py, item)?;
+            let args = self.arguments(py, server, item)?;
             match (server, &engine) {
                 (Some(server), Some(engine)) => match self.stock_kind(server)? {
                     0 => {
@@ -215,7 +248,7 @@ impl WorkerPool {
                     _ => {
                         serve_stock(engine.get(), server, &args, false)?;
                         next = self
-                            .receive_next(server, engine.get(), &mut claim)?
+                            .receive_next(engine.get(), &mut claim)
                             .map(WorkItem::Raw);
                     }
                 },

@@ -58,17 +58,17 @@ impl ReceiveSlot {
 }
 
 impl Claim<'_> {
-    /// The next datagram, truncated to `packet_size` bytes as `recvfrom(packet_size)` would,
+    /// The next datagram, truncated to `buffer_len` bytes as `recvfrom(buffer_len)` would,
     /// if one is queued and workers may receive now. A failure (nothing queued, or an error
     /// the serving loop's own receive meets too) is `None`.
-    pub fn receive(&self, packet_size: usize) -> Option<Raw> {
+    pub fn receive(&self, buffer_len: usize) -> Option<Raw> {
         let mut slot = self
             .slot
             .receiver
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let receiver = slot.as_mut()?;
-        receiver.set_packet_size(packet_size);
+        receiver.set_packet_size(buffer_len);
         receiver.acquire().ok()
     }
 }
