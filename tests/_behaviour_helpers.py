@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 LOOPBACK = "127.0.0.1"
 LOOPBACK6 = "::1"
 # How long a client waits for anything before the test fails.
@@ -30,6 +32,16 @@ POLL = 0.05
 
 HAS_UNIX = hasattr(socket, "AF_UNIX")
 HAS_FORK = hasattr(os, "fork")
+# Marks for tests that need AF_UNIX sockets or os.fork.
+needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
+needs_fork = pytest.mark.skipif(not HAS_FORK, reason="needs os.fork")
+# The socket kinds a test of every server family runs on (see server_class).
+SOCKET_KINDS = [
+    "tcp",
+    "udp",
+    pytest.param("unix_stream", marks=needs_unix),
+    pytest.param("unix_dgram", marks=needs_unix),
+]
 
 
 def ipv6_loopback_available():
@@ -82,6 +94,27 @@ def call_with_timeout(function, timeout=STOP_TIMEOUT):
     thread.start()
     thread.join(timeout)
     return not thread.is_alive(), outcome.get("seconds"), outcome.get("error")
+
+
+def run_clients(count, client, timeout=3 * STOP_TIMEOUT):
+    """Run ``client(index)`` for each index below ``count``, on as many threads at once, and
+    wait for them all (each join bounded by ``timeout``); fails if one still runs. Returns
+    the exceptions the clients raised."""
+    errors = []
+
+    def run(index):
+        try:
+            client(index)
+        except Exception as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), "a client is still running"
+    return errors
 
 
 def poke(server):
@@ -354,6 +387,17 @@ def client_reply(sock, kind):
 
 # Hook recording ----------------------------------------------------------------------------
 
+# The hooks (server's and handler's) one request goes through, in the stdlib's order.
+SERVED_HOOKS = [
+    "verify_request",
+    "process_request",
+    "finish_request",
+    "setup",
+    "handle",
+    "finish",
+    "shutdown_request",
+    "close_request",
+]
 SERVER_HOOKS = (
     "verify_request",
     "process_request",

@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from _behaviour_helpers import needs_unix
 from _child_process import WITH_DEFAULT_SIGINT, CollectsOutput, child_env
 
 STARTUP_TIMEOUT = 20.0
@@ -33,7 +34,6 @@ PROG = "python -m socketserver_rs"
 
 FAMILIES = ["threading", "pool", "reactor"] + (["forking"] if hasattr(os, "fork") else [])
 HAS_UNIX = hasattr(socket, "AF_UNIX")
-needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
 needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
 
 # The class names each family serves with, by transport.

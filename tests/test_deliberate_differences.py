@@ -20,14 +20,13 @@ import socketserver_rs as rs
 from _behaviour_helpers import (
     CLIENT_TIMEOUT,
     HAS_IPV6,
-    HAS_UNIX,
     LOOPBACK,
     LOOPBACK6,
+    needs_unix,
     recv_until_eof,
 )
 from socketserver_rs._fastpath import SLOW, serving_plan
 
-needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
 needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback here")
 
 

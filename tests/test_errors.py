@@ -24,8 +24,6 @@ from _behaviour_helpers import (
 # Bounded per test, well above what any test needs, so a hang fails fast.
 pytestmark = pytest.mark.timeout(60)
 
-needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
-
 
 def failing_handler(ss, exception, fail_on=b"fail"):
     """Echoes, except that a request whose data is ``fail_on`` raises ``exception``."""

@@ -12,9 +12,12 @@ import socket
 
 import pytest
 from _behaviour_helpers import (
+    HAS_FORK,
     HAS_UNIX,
     LOOPBACK,
     POLL,
+    SERVED_HOOKS,
+    SOCKET_KINDS,
     client_reply,
     client_send,
     collapse_service_actions,
@@ -31,13 +34,11 @@ from _behaviour_helpers import (
 # Bounded per test, well above what any test needs, so a hang fails fast.
 pytestmark = pytest.mark.timeout(60)
 
-needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
-KINDS = [
-    "tcp",
-    "udp",
-    pytest.param("unix_stream", marks=needs_unix),
-    pytest.param("unix_dgram", marks=needs_unix),
-]
+KINDS = SOCKET_KINDS
+
+# One request in the serial loop: its hooks, then service_actions() (see
+# collapse_service_actions).
+SERVED = [*SERVED_HOOKS, "service_actions"]
 
 
 class PlainSubclassSocket(socket.socket):
@@ -141,18 +142,7 @@ def test_every_path_calls_the_hooks_in_the_same_order(ss, harness, unix_dir, kin
         client, _ = client_send(harness, server, kind, b"h", unix_dir, f"c{i}.sock")
         assert client_reply(client, kind) == b"echo:h"
     serving.stop()
-    served = [
-        "verify_request",
-        "process_request",
-        "finish_request",
-        "setup",
-        "handle",
-        "finish",
-        "shutdown_request",
-        "close_request",
-        "service_actions",
-    ]
-    assert collapse_service_actions(server.log) == served * 2
+    assert collapse_service_actions(server.log) == SERVED * 2
 
 
 @pytest.mark.parametrize("variant", ["stock", "socket_subclass"])
@@ -304,7 +294,7 @@ DATAGRAM_SERVERS = {
     "unix": ("UnixDatagramServer", "UnixDatagramServer"),
     "unix-pool": ("ThreadPoolUnixDatagramServer", "ThreadingUnixDatagramServer"),
 }
-NEEDS = {"forking": hasattr(os, "fork"), "unix": HAS_UNIX, "unix-pool": HAS_UNIX}
+NEEDS = {"forking": HAS_FORK, "unix": HAS_UNIX, "unix-pool": HAS_UNIX}
 
 
 @pytest.mark.parametrize("where", ["instance", "class"])
@@ -320,15 +310,10 @@ def test_max_packet_size_lowered_while_serving_truncates_the_next_datagram(
         pytest.skip(f"no {family} servers on this platform")
     ours, oracle = DATAGRAM_SERVERS[family]
     cls = getattr(ss, oracle if ss.__name__ == "socketserver" else ours)
-
-    class Echo(ss.BaseRequestHandler):
-        def handle(self):
-            data, sock = self.request
-            sock.sendto(b"echo:" + data, self.client_address)
-
     kind = "unix_dgram" if family.startswith("unix") else "udp"
     # On a throwaway subclass (see Harness.server), so a change on the class stays here.
-    server = harness.server(cls, server_address(kind, unix_dir), Echo, max_packet_size=8192)
+    address = server_address(kind, unix_dir)
+    server = harness.server(cls, address, echo_handler(ss), max_packet_size=8192)
     harness.serve(server, poll_interval=POLL)
     client = harness.datagram_client(server, address=os.path.join(str(unix_dir), "c.sock"))
     payload = b"0123456789"
@@ -385,18 +370,7 @@ def test_queued_datagrams_each_get_every_hook_and_service_actions(ss, harness, v
     replies = sorted(client.recv(100) for _ in range(8))
     assert replies == sorted(b"echo:%d" % i for i in range(8))
     assert wait_for(lambda: server.log.count("service_actions") >= 8, timeout=2.0)
-    served = [
-        "verify_request",
-        "process_request",
-        "finish_request",
-        "setup",
-        "handle",
-        "finish",
-        "shutdown_request",
-        "close_request",
-        "service_actions",
-    ]
-    assert collapse_service_actions(server.log)[: 8 * len(served)] == served * 8
+    assert collapse_service_actions(server.log)[: 8 * len(SERVED)] == SERVED * 8
 
 
 @pytest.mark.parametrize("variant", ["stock", "get_request_super"])

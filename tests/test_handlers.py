@@ -9,8 +9,8 @@ import threading
 
 import pytest
 from _behaviour_helpers import (
-    HAS_UNIX,
     LOOPBACK,
+    needs_unix,
     recv_until_eof,
 )
 from socketserver_rs.testing import HalfClose, Recv, RecvAll, Send, compare
@@ -18,7 +18,6 @@ from socketserver_rs.testing import HalfClose, Recv, RecvAll, Send, compare
 # Bounded per test, well above what any test needs, so a hang fails fast.
 pytestmark = pytest.mark.timeout(60)
 
-needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
 
 # The modules compare() runs a test on, by name.
 MODULE_NAMES = ("socketserver", "socketserver_rs")

@@ -7,8 +7,9 @@ The expected sequences are the stdlib's: every test runs on both modules.
 import pytest
 from _behaviour_helpers import (
     HAS_FORK,
-    HAS_UNIX,
     POLL,
+    SERVED_HOOKS,
+    SOCKET_KINDS,
     client_reply,
     client_send,
     collapse_service_actions,
@@ -22,24 +23,7 @@ from _behaviour_helpers import (
 # Bounded per test, well above what any test needs, so a hang fails fast.
 pytestmark = pytest.mark.timeout(60)
 
-needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
-KINDS = [
-    "tcp",
-    "udp",
-    pytest.param("unix_stream", marks=needs_unix),
-    pytest.param("unix_dgram", marks=needs_unix),
-]
-
-SERVED = [
-    "verify_request",
-    "process_request",
-    "finish_request",
-    "setup",
-    "handle",
-    "finish",
-    "shutdown_request",
-    "close_request",
-]
+KINDS = SOCKET_KINDS
 
 
 def make(harness, ss, kind, unix_dir, base=None, fail=None, **attrs):
@@ -55,7 +39,7 @@ def test_handle_request_calls_hooks_in_stdlib_order(ss, harness, unix_dir, kind)
     client, _ = client_send(harness, server, kind, b"a", unix_dir)
     server.handle_request()
     assert client_reply(client, kind) == b"echo:a"
-    assert server.log == SERVED
+    assert server.log == SERVED_HOOKS
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -67,7 +51,7 @@ def test_serve_forever_calls_hooks_in_stdlib_order(ss, harness, unix_dir, kind):
         assert client_reply(client, kind) == b"echo:b"
     assert wait_for(lambda: server.log[-1:] == ["service_actions"])
     serving.stop()
-    assert collapse_service_actions(server.log) == ([*SERVED, "service_actions"]) * 2
+    assert collapse_service_actions(server.log) == ([*SERVED_HOOKS, "service_actions"]) * 2
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -150,7 +134,7 @@ def test_threading_server_runs_the_request_hooks_on_the_request_thread(ss, harne
     server.handle_request()
     assert client_reply(client, kind) == b"echo:t"
     server.server_close()  # joins the request thread
-    assert server.log == SERVED
+    assert server.log == SERVED_HOOKS
 
 
 @pytest.mark.skipif(not HAS_FORK, reason="ForkingMixIn needs os.fork")

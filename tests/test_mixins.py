@@ -10,12 +10,12 @@ import time
 
 import pytest
 from _behaviour_helpers import (
-    HAS_FORK,
-    HAS_UNIX,
     LOOPBACK,
     POLL,
     ServingThread,
     echo_handler,
+    needs_fork,
+    needs_unix,
     recv_until_eof,
     server_records,
     wait_for,
@@ -24,9 +24,6 @@ from socketserver_rs.testing import HalfClose, Recv, RecvAll, Send, compare
 
 # Bounded per test, well above what any test needs, so a hang fails fast.
 pytestmark = pytest.mark.timeout(60)
-
-needs_fork = pytest.mark.skipif(not HAS_FORK, reason="needs os.fork")
-needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
 
 
 def blocking_handler(ss, started, release):

@@ -21,7 +21,8 @@ import time
 import types
 
 import pytest
-from _behaviour_helpers import CLIENT_TIMEOUT, LOOPBACK, STOP_TIMEOUT, wait_for
+from _behaviour_helpers import CLIENT_TIMEOUT, STOP_TIMEOUT, wait_for
+from _handler_outcome import outcome_server
 
 # The TLS certificate fixture is shared with the wfile tests.
 from test_wfile import certificate, pattern  # noqa: F401
@@ -29,45 +30,9 @@ from test_wfile import certificate, pattern  # noqa: F401
 pytestmark = pytest.mark.timeout(60)
 
 
-class Outcome:
-    """What the handler's ``body`` returned or raised, and how long it took."""
-
-    def __init__(self):
-        self.done = threading.Event()
-        self.result = None
-        self.error = None
-        self.seconds = None
-
-    def wait(self, timeout=STOP_TIMEOUT):
-        assert self.done.wait(timeout), "the handler did not finish"
-        return self
-
-
-def reading_server(ss, harness, body, **handler_attrs):
-    """A TCPServer whose StreamRequestHandler runs ``body(handler)`` and records the outcome;
-    returns ``(server, outcome)``. Not yet serving."""
-    outcome = Outcome()
-
-    class Handler(ss.StreamRequestHandler):
-        def handle(self):
-            started = time.monotonic()
-            try:
-                outcome.result = body(self)
-            except BaseException as error:
-                outcome.error = error
-            finally:
-                outcome.seconds = time.monotonic() - started
-                outcome.done.set()
-
-    for name, value in handler_attrs.items():
-        setattr(Handler, name, value)
-    server = harness.server(ss.TCPServer, (LOOPBACK, 0), Handler, timeout=CLIENT_TIMEOUT)
-    return server, outcome
-
-
 def serve(ss, harness, body, payload=b"", half_close=True, **handler_attrs):
     """Serve one connection that sends ``payload`` (then half-closes); the outcome."""
-    server, outcome = reading_server(ss, harness, body, **handler_attrs)
+    server, outcome = outcome_server(ss, harness, body, **handler_attrs)
     client = harness.connect(server, payload)
     if half_close:
         client.shutdown(socket.SHUT_WR)
@@ -188,7 +153,7 @@ def test_a_large_transfer_arrives_whole_through_readline_and_read(ss, harness):
         blob = handler.rfile.read(len(data))
         return hashlib.sha256(b"".join(got_lines)).digest(), hashlib.sha256(blob).digest()
 
-    server, outcome = reading_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     client = harness.connect(server)
 
     def send():
@@ -257,7 +222,7 @@ def test_read_after_a_reset_raises_connection_reset_with_its_errno(ss, harness):
         time.sleep(0.2)  # the client's reset has arrived by now
         handler.rfile.read(10)
 
-    server, outcome = reading_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     client = harness.connect(server)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.sendall(b"x")
@@ -371,7 +336,7 @@ def test_signal_during_a_blocked_read_runs_its_handler_and_the_read_goes_on(
         reading.set()
         return first + handler.rfile.readline()
 
-    server, outcome = reading_server(ss, harness, body, rbufsize=rbufsize)
+    server, outcome = outcome_server(ss, harness, body, rbufsize=rbufsize)
     client = harness.connect(server, b"full")
     # The handler runs on this (the main) thread, so the signal interrupts the read itself.
     sender = signal_then_send(threading.get_ident(), client, reading, 3, b"after\n")
@@ -396,7 +361,7 @@ def test_exception_from_a_signal_handler_during_a_blocked_read_propagates(ss, ha
         reading.set()
         return handler.rfile.readline()
 
-    server, outcome = reading_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     client = harness.connect(server)
     sender = signal_then_send(threading.get_ident(), client, reading, 1, b"late\n")
     server.handle_request()
@@ -413,7 +378,7 @@ def test_a_blocked_read_does_not_hold_the_gil(ss, harness):
         reading.set()
         return handler.rfile.readline()
 
-    server, outcome = reading_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     client = harness.connect(server)
 
     def tick_then_send():
@@ -439,7 +404,7 @@ def test_tls_wrapped_connections_read_through_the_stdlib_socketio(ss, harness, c
     def body(handler):
         return type(handler.rfile.raw), handler.rfile.readline(), handler.rfile.read(5)
 
-    server, outcome = reading_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(certfile, keyfile)
     server.socket = server_context.wrap_socket(server.socket, server_side=True)

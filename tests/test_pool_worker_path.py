@@ -24,6 +24,7 @@ from _behaviour_helpers import (
     call_with_timeout,
     open_fds,
     recv_until_eof,
+    run_clients,
     wait_for,
 )
 
@@ -297,30 +298,22 @@ def test_hundreds_of_requests_leave_no_thread_or_descriptor_behind(harness, flav
     failures = []
 
     def client_loop(index):
-        try:
-            with socket.socket(server.address_family, socket.SOCK_DGRAM) as sock:
-                sock.settimeout(CLIENT_TIMEOUT)
-                for i in range(50):
-                    message = b"%d-%d" % (index, i)
-                    if kind == "tcp":
-                        with socket.create_connection(server.server_address, CLIENT_TIMEOUT) as c:
-                            c.sendall(message)
-                            c.shutdown(socket.SHUT_WR)
-                            reply = recv_until_eof(c)
-                    else:
-                        sock.sendto(message, server.server_address)
-                        reply = sock.recv(100)
-                    if reply != b"echo:" + message:
-                        failures.append((message, reply))
-        except Exception as error:
-            failures.append(error)
+        with socket.socket(server.address_family, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(CLIENT_TIMEOUT)
+            for i in range(50):
+                message = b"%d-%d" % (index, i)
+                if kind == "tcp":
+                    with socket.create_connection(server.server_address, CLIENT_TIMEOUT) as c:
+                        c.sendall(message)
+                        c.shutdown(socket.SHUT_WR)
+                        reply = recv_until_eof(c)
+                else:
+                    sock.sendto(message, server.server_address)
+                    reply = sock.recv(100)
+                if reply != b"echo:" + message:
+                    failures.append((message, reply))
 
-    clients = [threading.Thread(target=client_loop, args=(i,)) for i in range(4)]
-    for thread in clients:
-        thread.start()
-    for thread in clients:
-        thread.join(3 * STOP_TIMEOUT)
-        assert not thread.is_alive()
+    failures += run_clients(4, client_loop)
     assert failures == []
     server.shutdown()
     assert serving.returned.wait(STOP_TIMEOUT)
@@ -415,10 +408,5 @@ def test_workers_asking_about_the_stock_path_at_once_all_serve(harness, flavour)
         payload = b"client-%d" % index
         replies[index] = ask(harness, server, "tcp", payload)
 
-    clients = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-    for thread in clients:
-        thread.start()
-    for thread in clients:
-        thread.join(2 * STOP_TIMEOUT)
-    assert not any(thread.is_alive() for thread in clients), "requests went unanswered"
+    assert run_clients(8, client, timeout=2 * STOP_TIMEOUT) == []
     assert replies == {i: b"echo:client-%d" % i for i in range(8)}

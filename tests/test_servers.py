@@ -11,7 +11,6 @@ import time
 import pytest
 from _behaviour_helpers import (
     HAS_IPV6,
-    HAS_UNIX,
     LOOPBACK,
     LOOPBACK6,
     POLL,
@@ -20,6 +19,7 @@ from _behaviour_helpers import (
     client_send,
     echo_handler,
     is_stream,
+    needs_unix,
     recv_until_eof,
     server_address,
     server_class,
@@ -32,7 +32,6 @@ from socketserver_rs.testing import HalfClose, Recv, RecvAll, Send, compare
 pytestmark = pytest.mark.timeout(60)
 
 needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback (::1) on this host")
-needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
 
 STREAM_KINDS = [
     "tcp",

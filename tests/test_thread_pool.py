@@ -20,18 +20,17 @@ import pytest
 import socketserver_rs as rs
 from _behaviour_helpers import (
     CLIENT_TIMEOUT,
-    HAS_UNIX,
     LOOPBACK,
     STOP_TIMEOUT,
     call_with_timeout,
     is_stream,
+    needs_unix,
     open_fds,
     recv_until_eof,
+    run_clients,
     server_address,
     wait_for,
 )
-
-needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
 
 POOL_CLASSES = {
     "tcp": "ThreadPoolTCPServer",
@@ -618,23 +617,15 @@ def test_hundreds_of_connections_leak_no_descriptor_or_thread(harness, pool_serv
     failures = []
 
     def client_loop(index):
-        try:
-            for i in range(40):
-                with socket.create_connection(server.server_address, CLIENT_TIMEOUT) as sock:
-                    message = b"%d-%d" % (index, i)
-                    sock.sendall(message + b"\n")
-                    sock.shutdown(socket.SHUT_WR)
-                    if recv_until_eof(sock) != b"echo:" + message + b"\n":
-                        failures.append(message)
-        except Exception as error:
-            failures.append(error)
+        for i in range(40):
+            with socket.create_connection(server.server_address, CLIENT_TIMEOUT) as sock:
+                message = b"%d-%d" % (index, i)
+                sock.sendall(message + b"\n")
+                sock.shutdown(socket.SHUT_WR)
+                if recv_until_eof(sock) != b"echo:" + message + b"\n":
+                    failures.append(message)
 
-    clients = [threading.Thread(target=client_loop, args=(i,)) for i in range(8)]
-    for thread in clients:
-        thread.start()
-    for thread in clients:
-        thread.join(3 * STOP_TIMEOUT)
-        assert not thread.is_alive()
+    failures += run_clients(8, client_loop)
     assert failures == []
     # Retired workers finish; then the process is back where it was.
     assert wait_for(lambda: pool_of(server).workers == 0)

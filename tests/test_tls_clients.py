@@ -33,7 +33,7 @@ import time
 
 import pytest
 import socketserver_rs
-from _behaviour_helpers import HAS_IPV6, LOOPBACK6, open_fds
+from _behaviour_helpers import HAS_IPV6, LOOPBACK6, open_fds, run_clients
 from socketserver_rs import MessageHandler, ReactorTCPServer, ReactorUDPServer
 
 HAS_UNIX = hasattr(socket, "AF_UNIX")
@@ -664,24 +664,16 @@ def test_many_clients_handshaking_at_once_are_all_served(tls_servers, tls_materi
         raw = socket.create_connection(server.server_address, timeout=TIMEOUT)
         tls_servers.clients.append(raw)
         raws.append(raw)
-    errors = []
     results = [None] * count
 
     def talk(index):
-        try:
-            with tls_material.client_context().wrap_socket(
-                raws[index], server_hostname="localhost"
-            ) as client:
-                client.sendall(b"client %d\n" % index)
-                results[index] = recv_exactly(client, len(b"CLIENT %d\n" % index))
-        except Exception as exc:
-            errors.append(exc)
+        with tls_material.client_context().wrap_socket(
+            raws[index], server_hostname="localhost"
+        ) as client:
+            client.sendall(b"client %d\n" % index)
+            results[index] = recv_exactly(client, len(b"CLIENT %d\n" % index))
 
-    threads = [threading.Thread(target=talk, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(TIMEOUT * 2)
+    errors = run_clients(count, talk, timeout=TIMEOUT * 2)
     assert not errors, errors
     assert results == [b"CLIENT %d\n" % i for i in range(count)]
     wait_for(lambda: server.stats()["tls_handshakes"] == count, f"{count} handshakes")

@@ -24,10 +24,10 @@ import types
 import pytest
 from _behaviour_helpers import (
     CLIENT_TIMEOUT,
-    LOOPBACK,
     STOP_TIMEOUT,
     wait_for,
 )
+from _handler_outcome import outcome_server
 
 # Small kernel buffers on both ends, so a few MB fill them many times over.
 SMALL_BUFFER = 32 * 1024
@@ -77,44 +77,6 @@ def recv_all(sock):
     return b"".join(chunks)
 
 
-class Outcome:
-    """What the handler's ``body`` returned or raised, and when."""
-
-    def __init__(self):
-        self.done = threading.Event()
-        self.result = None
-        self.error = None
-        self.seconds = None
-        self.thread = None
-
-    def wait(self, timeout=STOP_TIMEOUT):
-        assert self.done.wait(timeout), "the handler did not finish"
-        return self
-
-
-def writing_server(ss, harness, body, **handler_attrs):
-    """A TCPServer whose StreamRequestHandler runs ``body(handler)`` and records the
-    outcome; returns ``(server, outcome)``. Not yet serving."""
-    outcome = Outcome()
-
-    class Handler(ss.StreamRequestHandler):
-        def handle(self):
-            outcome.thread = threading.get_ident()
-            started = time.monotonic()
-            try:
-                outcome.result = body(self)
-            except BaseException as error:
-                outcome.error = error
-            finally:
-                outcome.seconds = time.monotonic() - started
-                outcome.done.set()
-
-    for name, value in handler_attrs.items():
-        setattr(Handler, name, value)
-    server = harness.server(ss.TCPServer, (LOOPBACK, 0), Handler, timeout=CLIENT_TIMEOUT)
-    return server, outcome
-
-
 # Return values and argument types -----------------------------------------------------------
 
 
@@ -130,7 +92,7 @@ def test_unbuffered_wfile_write_is_a_native_method_on_plain_sockets(rs, harness)
             type(handler.wfile).write(handler.wfile, b"python"),
         )
 
-    server, outcome = writing_server(rs, harness, body)
+    server, outcome = outcome_server(rs, harness, body)
     client = harness.connect(server)
     server.handle_request()
     received = recv_all(client)
@@ -153,7 +115,7 @@ def test_write_returns_the_byte_count_of_any_bytes_like_object(ss, harness):
     def body(handler):
         return [handler.wfile.write(item) for item in items]
 
-    server, outcome = writing_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     client = harness.connect(server)
     server.handle_request()
     received = recv_all(client)
@@ -176,7 +138,7 @@ def test_write_rejects_what_is_not_a_contiguous_buffer_like_the_stdlib(ss, harne
     def body(handler):
         handler.wfile.write(make())
 
-    server, outcome = writing_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     client = harness.connect(server)
     server.handle_request()
     assert recv_all(client) == b"", "nothing was sent"
@@ -191,7 +153,7 @@ def test_large_write_to_a_slow_reader_is_delivered_completely(ss, harness, timeo
         shrink_send_buffer(handler.connection)
         return handler.wfile.write(data)
 
-    server, outcome = writing_server(ss, harness, body, timeout=timeout)
+    server, outcome = outcome_server(ss, harness, body, timeout=timeout)
     client = small_client(harness, server)
     serving = threading.Thread(target=server.handle_request, daemon=True)
     serving.start()
@@ -214,7 +176,7 @@ def test_write_to_a_client_that_never_reads_times_out_after_the_socket_timeout(s
         shrink_send_buffer(handler.connection)
         return handler.wfile.write(data)
 
-    server, outcome = writing_server(ss, harness, body, timeout=0.5)
+    server, outcome = outcome_server(ss, harness, body, timeout=0.5)
     client = small_client(harness, server)
     serving = threading.Thread(target=server.handle_request, daemon=True)
     serving.start()
@@ -236,7 +198,7 @@ def test_socket_timeout_is_one_deadline_for_the_whole_write(ss, harness):
         shrink_send_buffer(handler.connection)
         return handler.wfile.write(data)
 
-    server, outcome = writing_server(ss, harness, body, timeout=0.5)
+    server, outcome = outcome_server(ss, harness, body, timeout=0.5)
     client = small_client(harness, server)
     serving = threading.Thread(target=server.handle_request, daemon=True)
     serving.start()
@@ -260,7 +222,7 @@ def test_write_on_a_full_non_blocking_socket_raises_blocking_io_error(ss, harnes
         handler.connection.settimeout(0)
         return handler.wfile.write(data)
 
-    server, outcome = writing_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     client = small_client(harness, server)
     server.handle_request()
     client.close()
@@ -284,7 +246,7 @@ def test_write_after_the_peer_went_away_raises_a_connection_error_with_errno(ss,
             time.sleep(0.005)
         return "the writes never failed"
 
-    server, outcome = writing_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     client = harness.connect(server, b"bye")
     if reset:
         # SO_LINGER with a zero timeout: close() sends a reset instead of a FIN.
@@ -304,7 +266,7 @@ def test_write_on_a_closed_socket_raises_oserror_ebadf(ss, harness):
         handler.connection.close()
         return handler.wfile.write(b"late")
 
-    server, outcome = writing_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     client = harness.connect(server)
     server.handle_request()
     client.close()
@@ -367,7 +329,7 @@ def test_signal_during_a_blocked_write_runs_its_handler_and_does_not_cut_the_wri
         writing.set()
         return handler.wfile.write(data)
 
-    server, outcome = writing_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     client = small_client(harness, server)
     # The handler runs on this (the main) thread, so the signal interrupts the write itself.
     reader, reading = interrupt_blocked_writer(threading.get_ident(), client, writing)
@@ -397,7 +359,7 @@ def test_exception_from_a_signal_handler_during_a_blocked_write_propagates(ss, h
         writing.set()
         return handler.wfile.write(data)
 
-    server, outcome = writing_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     client = small_client(harness, server)
     reader, _ = interrupt_blocked_writer(threading.get_ident(), client, writing, kills=1)
     server.handle_request()
@@ -418,7 +380,7 @@ def test_signal_to_a_writer_on_another_thread_does_not_cut_the_write(ss, harness
         writing.set()
         return handler.wfile.write(data)
 
-    server, outcome = writing_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     client = small_client(harness, server)
     serving = threading.Thread(target=server.handle_request, daemon=True)
     serving.start()
@@ -483,7 +445,7 @@ def test_tls_wrapped_server_socket_still_serves_writes_completely(ss, harness, c
         request = handler.rfile.readline()
         return request, handler.wfile.write(data)
 
-    server, outcome = writing_server(ss, harness, body)
+    server, outcome = outcome_server(ss, harness, body)
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(certfile, keyfile)
     server.socket = server_context.wrap_socket(server.socket, server_side=True)
