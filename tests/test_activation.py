@@ -118,6 +118,18 @@ def launch(harness, sockets, argv, names=(), env=None, stdin=subprocess.PIPE):
     return proc, json.loads(line)
 
 
+def unix_listening(path):
+    """Whether a socket bound at ``path`` listens (/proc/net/unix's __SO_ACCEPTCON flag): the
+    path exists from bind(), and a connect() before listen() is refused."""
+    with open("/proc/net/unix") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                return True
+    return False
+
+
 def stream_exchange(family, address, payload):
     with socket.socket(family, socket.SOCK_STREAM) as client:
         client.settimeout(5)
@@ -389,7 +401,7 @@ def test_systemd_socket_activate_starts_the_cli_with_readiness(harness, unix_dir
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    assert wait_for(lambda: os.path.exists(path), 10), proc.stderr.read()
+    assert wait_for(lambda: unix_listening(path), 10), proc.stderr.read()
     assert stream_exchange(socket.AF_UNIX, path, b"hi\n") == b"HI\n"
     assert receiver.recv(100) == b"READY=1"
     proc.send_signal(signal.SIGINT)
