@@ -505,8 +505,15 @@ impl Reactor {
                 let mut lp = StreamLoop::new(self, session, settings, conns, handshakes, submit);
                 let served = lp.run(server, handler_class);
                 let (session, conns, handshakes) = lp.into_parts(py);
-                *self.conns.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some((conns, handshakes));
+                // What a nested or concurrent call stored meanwhile is dropped after the lock
+                // is released: its handlers' `__del__` may run Python, which can hand the GIL
+                // to a thread that would then block on this lock (`connection_count`).
+                let replaced = self
+                    .conns
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .replace((conns, handshakes));
+                drop(replaced);
                 (session, served)
             };
             let closed = self.close_session(py, session);
