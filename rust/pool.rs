@@ -66,10 +66,16 @@ impl WorkerPool {
 
     /// How workers are to turn raw items from this server's socket into Python objects.
     pub fn set_converter(&self, converter: Arc<Converter>) {
-        *self
+        // The one replaced may hold the last reference to an earlier server socket: it is
+        // dropped after the lock is released, as freeing that socket can run Python (a
+        // weakref callback, a `ResourceWarning`), which may hand the GIL to a worker that
+        // would then block on this lock in `arguments()`.
+        let replaced = self
             .converter
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(converter);
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(converter);
+        drop(replaced);
     }
 
     /// Record `max_packet_size` as just read from the server.
