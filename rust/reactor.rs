@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use pyo3::buffer::PyUntypedBuffer;
-use pyo3::exceptions::{PyBufferError, PyException, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyException, PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -330,8 +330,8 @@ pub struct Session {
 pub struct Reactor {
     shared: Arc<Shared>,
     latch: ShutdownLatch,
-    /// Open connections (and TLS handshakes) between serving calls (a call takes them out
-    /// while it runs).
+    /// Open connections (and TLS handshakes) between serving calls (the one serving call
+    /// takes them out while it runs).
     conns: Mutex<Option<(Slab<Conn<Handler>>, Handshakes)>>,
     generation: AtomicU64,
     /// `shutdown(timeout)`'s drain window in ms, plus one (0: none asked for).
@@ -442,9 +442,14 @@ impl Reactor {
     /// `submit((handler, messages, one_shot))` instead of `handle_message`, at most one batch
     /// per connection at a time (so its messages stay in order), and the worker reports back
     /// with `connection.batch_done()`.
+    ///
+    /// One serving call at a time: a call made while another runs (from another thread, or
+    /// nested in a handler) raises `RuntimeError` and changes nothing. `started`, when given,
+    /// is called once this call has the server, before it serves.
     #[pyo3(signature = (
         server, handler_class, *, datagram, framing, max_message_size, idle_timeout,
-        max_connections, write_buffer_limit, calls_setup, calls_finish, submit=None
+        max_connections, write_buffer_limit, calls_setup, calls_finish, submit=None,
+        started=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn serve_forever(
@@ -460,6 +465,7 @@ impl Reactor {
         calls_setup: bool,
         calls_finish: bool,
         submit: Option<Py<PyAny>>,
+        started: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         let py = server.py();
         let framing = Framing::from_name(framing).ok_or_else(|| {
@@ -479,11 +485,16 @@ impl Reactor {
             calls_setup,
             calls_finish,
         };
-        self.latch.begin_serving();
+        // Two calls at once would each take the stored connections and the poller, and the
+        // first to end would clear a shutdown() meant for the other: refuse the second.
+        self.latch.begin_serving_alone().map_err(already_serving)?;
         self.shared
             .loop_thread
             .store(current_thread_id(), Ordering::Release);
         let result = (|| {
+            if let Some(started) = &started {
+                started.call0(py)?;
+            }
             let session = self.open_session(server)?;
             // A signal that arrived before the wakeup descriptor was in place only left a
             // flag: look now, or an idle loop would sleep through Ctrl-C.
@@ -505,15 +516,12 @@ impl Reactor {
                 let mut lp = StreamLoop::new(self, session, settings, conns, handshakes, submit);
                 let served = lp.run(server, handler_class);
                 let (session, conns, handshakes) = lp.into_parts(py);
-                // What a nested or concurrent call stored meanwhile is dropped after the lock
-                // is released: its handlers' `__del__` may run Python, which can hand the GIL
-                // to a thread that would then block on this lock (`connection_count`).
-                let replaced = self
-                    .conns
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .replace((conns, handshakes));
-                drop(replaced);
+                let mut stored = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+                // Empty since this call took them: no other serving call runs meanwhile, and
+                // `close_all` only takes. So nothing is dropped (no Python runs) under the lock.
+                debug_assert!(stored.is_none(), "one serving call at a time");
+                *stored = Some((conns, handshakes));
+                drop(stored);
                 (session, served)
             };
             let closed = self.close_session(py, session);
@@ -697,6 +705,19 @@ impl Reactor {
     fn shutdown_requested(&self) -> bool {
         self.latch.is_requested()
     }
+}
+
+/// The `RuntimeError` for a serving call made while the thread `holder` serves.
+fn already_serving(holder: u64) -> PyErr {
+    let running = if holder == current_thread_id() {
+        "on this thread (a handler called it)".to_owned()
+    } else {
+        format!("on thread {holder}")
+    };
+    PyRuntimeError::new_err(format!(
+        "the server is already serving: a serving call is running {running}; \
+         one serving call at a time per reactor server"
+    ))
 }
 
 /// A `TLSConfigError` for `err`, with the `OSError` behind it as its `__cause__`.

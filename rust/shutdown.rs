@@ -39,18 +39,42 @@ impl ShutdownLatch {
         self.requested.store(value, Ordering::Release);
     }
 
-    /// The serving loop starts on the calling thread.
+    /// The serving loop starts on the calling thread (another may be running: the classic
+    /// servers allow that, as the stdlib's do).
     pub fn begin_serving(&self) {
-        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        let mut stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        *stopped = false;
         self.serving_thread
             .store(current_thread_id(), Ordering::Release);
+    }
+
+    /// The serving loop starts on the calling thread unless one is running already: then
+    /// nothing changes and the error is that loop's thread. Of two threads calling at once,
+    /// exactly one gets `Ok`.
+    pub fn begin_serving_alone(&self) -> Result<(), u64> {
+        // Under the lock under which `end_serving` frees the thread and reports the stop: a
+        // loop that begins as another ends is not reported stopped by it.
+        let mut stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        self.serving_thread
+            .compare_exchange(
+                NOBODY,
+                current_thread_id(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map(|_| *stopped = false)
     }
 
     /// The serving loop has ended: clear the request and release every waiting `shutdown()`.
     pub fn end_serving(&self) {
         self.requested.store(false, Ordering::Release);
+        // The thread is freed with the stop reported, under one lock: once a `shutdown()`
+        // returns, a new loop may begin (`begin_serving_alone`); and one that begins now cannot
+        // have its `stopped = false` overwritten by this loop's `true`.
+        let mut stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
         self.serving_thread.store(NOBODY, Ordering::Release);
-        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *stopped = true;
+        drop(stopped);
         self.stopped_changed.notify_all();
     }
 
@@ -105,6 +129,44 @@ mod tests {
         while !latch.wait_stopped(Duration::from_secs(5)) {}
         assert!(started.elapsed() < Duration::from_secs(1));
         thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_second_loop_alone_is_refused_until_the_first_ends() {
+        let latch = Arc::new(ShutdownLatch::default());
+        assert_eq!(latch.begin_serving_alone(), Ok(()));
+        assert_eq!(latch.begin_serving_alone(), Err(current_thread_id()));
+        let other = Arc::clone(&latch);
+        let refused = std::thread::spawn(move || other.begin_serving_alone())
+            .join()
+            .unwrap();
+        assert_eq!(refused, Err(current_thread_id()));
+        latch.end_serving();
+        assert_eq!(latch.begin_serving_alone(), Ok(()));
+        assert!(!latch.wait_stopped(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn of_threads_beginning_alone_at_once_exactly_one_serves() {
+        for _ in 0..50 {
+            let latch = Arc::new(ShutdownLatch::default());
+            let start = Arc::new(std::sync::Barrier::new(4));
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let (latch, start) = (Arc::clone(&latch), Arc::clone(&start));
+                    std::thread::spawn(move || {
+                        start.wait();
+                        latch.begin_serving_alone().is_ok()
+                    })
+                })
+                .collect();
+            let won = threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .filter(|&ok| ok)
+                .count();
+            assert_eq!(won, 1);
+        }
     }
 
     #[test]

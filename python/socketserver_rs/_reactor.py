@@ -14,13 +14,18 @@ and replies are sent through ``send()``, which works from any thread.
 Stream servers speak TLS when ``tls_certfile`` is set: the engine terminates it (rustls),
 handlers see plaintext messages framed as without TLS, and a handler is made only once the
 handshake has finished.
+
+A server serves one ``serve_forever()`` call at a time: a second call while one runs (from
+another thread, or from one of its handlers) raises ``RuntimeError`` and leaves the running
+call, its connections and ``shutdown()`` as they were. After that call returns the server
+can serve again.
 """
 
 import enum
 import os
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Self
 
 from . import _activation, _core
@@ -246,15 +251,26 @@ class _ReactorServer:
 
     def serve_forever(self, poll_interval: float | None = 0.5) -> None:
         """Serve until ``shutdown()``. ``poll_interval`` is accepted for compatibility; the
-        reactor never needs to wake up on a timer."""
-        handler = self.RequestHandlerClass
-        _activation.notify_quietly("READY=1")  # a no-op unless NOTIFY_SOCKET is set
-        try:
-            self._rs_serve(handler)
-        finally:
-            _activation.notify_quietly("STOPPING=1")
+        reactor never needs to wake up on a timer.
 
-    def _rs_serve(self, handler: type[MessageHandler]) -> None:
+        One call at a time: called while another call serves this server (from another
+        thread, or from a handler) it raises ``RuntimeError`` and the running call goes on."""
+        handler = self.RequestHandlerClass
+        serving = False
+
+        def started() -> None:
+            nonlocal serving
+            serving = True
+            _activation.notify_quietly("READY=1")  # a no-op unless NOTIFY_SOCKET is set
+
+        try:
+            self._rs_serve(handler, started)
+        finally:
+            # A refused call tells the service manager nothing: another call is serving.
+            if serving:
+                _activation.notify_quietly("STOPPING=1")
+
+    def _rs_serve(self, handler: type[MessageHandler], started: Callable[[], None]) -> None:
         self._rs_reactor.serve_forever(
             self,
             handler,
@@ -267,6 +283,7 @@ class _ReactorServer:
             calls_setup=getattr(handler.setup, "_socketserver_rs_default", None) is None,
             calls_finish=getattr(handler.finish, "_socketserver_rs_default", None) is None,
             submit=self._rs_handler_workers.submit if self.handler_threads else None,
+            started=started,
         )
 
     @classmethod
