@@ -147,6 +147,19 @@ mod tests {
     }
 
     #[test]
+    fn once_a_waiter_sees_the_loop_stopped_a_new_loop_may_begin() {
+        for _ in 0..2000 {
+            let latch = Arc::new(ShutdownLatch::default());
+            latch.begin_serving_alone().unwrap();
+            let ending = Arc::clone(&latch);
+            let thread = std::thread::spawn(move || ending.end_serving());
+            while !latch.wait_stopped(Duration::from_secs(5)) {}
+            assert_eq!(latch.begin_serving_alone(), Ok(()));
+            thread.join().unwrap();
+        }
+    }
+
+    #[test]
     fn of_threads_beginning_alone_at_once_exactly_one_serves() {
         for _ in 0..50 {
             let latch = Arc::new(ShutdownLatch::default());
