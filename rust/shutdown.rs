@@ -126,7 +126,10 @@ mod tests {
             server.end_serving();
         });
         let started = Instant::now();
-        while !latch.wait_stopped(Duration::from_secs(5)) {}
+        assert!(
+            latch.wait_stopped(Duration::from_secs(5)),
+            "the loop never reported its stop"
+        );
         assert!(started.elapsed() < Duration::from_secs(1));
         thread.join().unwrap();
     }
@@ -153,7 +156,10 @@ mod tests {
             latch.begin_serving_alone().unwrap();
             let ending = Arc::clone(&latch);
             let thread = std::thread::spawn(move || ending.end_serving());
-            while !latch.wait_stopped(Duration::from_secs(5)) {}
+            assert!(
+                latch.wait_stopped(Duration::from_secs(5)),
+                "the loop never reported its stop"
+            );
             assert_eq!(latch.begin_serving_alone(), Ok(()));
             thread.join().unwrap();
         }
