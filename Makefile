@@ -29,7 +29,7 @@ print("\n".join(dep for name in sys.argv[1].split(",") for dep in extras[name]))
 endef
 export LIST_EXTRAS
 
-.PHONY: help venv build test test-portable check-platforms lint fmt demo bench bench-tls soak fuzz wheel wheels clean
+.PHONY: help venv build test test-portable check-platforms lint fmt demo bench bench-tls soak fuzz wheel wheels musl-test clean
 
 help: ## Show this list of targets
 	@echo "usage: make TARGET   (PYTHON=$(PYTHON) makes the venv; PYTEST_ARGS, DEMO_ARGS, BENCH_ARGS, SOAK_ARGS pass options on)"
@@ -153,6 +153,17 @@ wheels: $(RELEASE_TOOLS) ## Build the four Linux release wheels (glibc 2.17+, mu
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) .ci/musl_soname.py $(DIST)/*musllinux*.whl
 	$(MATURIN) sdist --out $(DIST)
 	$(PY) .ci/check_wheels.py $(DIST)
+
+# `make musl-test`: only the x86_64 musllinux wheel (as `make wheels` builds it), run on a musl
+# CPython that .ci/musl_smoke.sh builds from Debian's sources and caches under target/musl.
+MUSL_DIST := target/musl/dist
+musl-test: $(RELEASE_TOOLS) ## Build the x86_64 musllinux wheel and run the whole suite on it under a musl CPython built here
+	rm -rf $(MUSL_DIST)
+	rustup target add x86_64-unknown-linux-musl
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(MATURIN) build --release --locked --zig \
+		--target x86_64-unknown-linux-musl --compatibility musllinux_1_2 --out $(MUSL_DIST)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) .ci/musl_soname.py $(MUSL_DIST)/*musllinux*.whl
+	.ci/musl_smoke.sh $(MUSL_DIST)/*-musllinux_1_2_x86_64.whl target/musl
 
 clean: ## Remove build outputs, caches and .venv
 	rm -rf target $(VENV) $(DIST) .pytest_cache .ruff_cache .mypy_cache .hypothesis
