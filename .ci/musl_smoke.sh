@@ -17,9 +17,10 @@
 # would need Docker Hub or GitHub. Why build musl rather than use bookworm's musl-tools (1.2.3):
 # the musllinux wheels of cryptography (which the TLS tests use) bundle a libgcc_s with DT_RELR
 # relocations, which musl reads only from 1.2.4 on; under 1.2.3 importing cryptography jumps to
-# an unrelocated address and segfaults. Our own wheel has no DT_RELR. MUSL_VERSION picks
-# another version of Debian's musl source package (1.2.5-3 is trixie's).
+# an unrelocated address and segfaults. Our own wheel has no DT_RELR. The musl built is the one
+# Debian trixie lists (1.2.5 in 2026); MUSL_VERSION picks another version of that source package.
 set -euo pipefail
+shopt -s inherit_errexit # a failed download inside $(...) stops the script there
 wheel=$(realpath "$1")
 mkdir -p "$2"
 work=$(realpath "$2")
@@ -40,19 +41,32 @@ esac
 step "Debian packages: gcc, kernel headers, perl for OpenSSL's Configure"
 export DEBIAN_FRONTEND=noninteractive
 missing=()
-for pkg in gcc linux-libc-dev perl make curl binutils ca-certificates; do
+for pkg in gcc linux-libc-dev perl make curl xz-utils binutils ca-certificates; do
     dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Download the upstream tarball of version $2 of Debian source package $1 (by default the
-# version apt would install of binary package $3) into $work/src, checked against the SHA-256
-# its .dsc gives; print its path.
+# The version of source package $1 that Debian suite $2's main archive lists (its Sources
+# index, fetched once per suite into $work/src): a version whose .dsc the main pool holds. Not
+# the version apt would install: that may come from the security archive, which serves no
+# .dsc files here (a clean CI machine's `apt-get update` made zlib's a 404).
+suite_version() {
+    local source=$1 suite=$2 index=$work/src/Sources-$2
+    mkdir -p "$work/src"
+    if [ ! -s "$index" ]; then
+        curl -sSf "https://deb.debian.org/debian/dists/$suite/main/source/Sources.xz" | xz -d >"$index.part"
+        mv "$index.part" "$index"
+    fi
+    awk -v p="$source" '/^Package: / {hit = ($2 == p)} hit && /^Version: / {print $2; exit}' "$index"
+}
+
+# Download the upstream tarball of version $2 of Debian source package $1 into $work/src,
+# checked against the SHA-256 its .dsc gives; print its path.
 fetch_orig() {
     local source=$1 version=$2 pool dsc line sum name
-    [ -n "$version" ] || version=$(apt-cache policy "$3" | awk '/Candidate:/ {print $2}')
+    [ -n "$version" ] || { echo "no version of $source in Debian's Sources index" >&2; return 1; }
     version=${version#*:}
     pool=https://deb.debian.org/debian/pool/main/${source:0:1}/$source
     mkdir -p "$work/src"
@@ -77,8 +91,9 @@ unpack() {
 }
 
 if [ ! -e "$musl/.built" ]; then
-    step "musl ${MUSL_VERSION:-1.2.5-3} (Debian's source), its dynamic linker in $musl/lib"
-    dir=$(unpack "$(fetch_orig musl "${MUSL_VERSION:-1.2.5-3}")" musl)
+    version=${MUSL_VERSION:-$(suite_version musl trixie)}
+    step "musl $version (Debian trixie's source), its dynamic linker in $musl/lib"
+    dir=$(unpack "$(fetch_orig musl "$version")" musl)
     (cd "$dir" && ./configure --prefix="$musl" --syslibdir="$musl/lib" >/dev/null &&
         make -s -j"$jobs" >/dev/null && make -s install >/dev/null)
     touch "$musl/.built"
@@ -104,14 +119,14 @@ export CC=$work/bin/musl-cc PATH=$work/bin:$PATH
 
 if [ ! -e "$prefix/.zlib" ]; then
     step "zlib (Debian's source) for musl: pip's wheels are zip files"
-    dir=$(unpack "$(fetch_orig zlib "" zlib1g)" zlib)
+    dir=$(unpack "$(fetch_orig zlib "$(suite_version zlib bookworm)")" zlib)
     (cd "$dir" && CFLAGS="-O2 -fPIC" ./configure --static --prefix="$prefix" >/dev/null && make -s -j"$jobs" install >/dev/null)
     touch "$prefix/.zlib"
 fi
 
 if [ ! -e "$prefix/.openssl" ]; then
     step "OpenSSL (Debian's source) for musl: pip fetches over TLS, and the TLS tests' clients use ssl"
-    dir=$(unpack "$(fetch_orig openssl "" libssl3)" openssl)
+    dir=$(unpack "$(fetch_orig openssl "$(suite_version openssl bookworm)")" openssl)
     (cd "$dir" && ./Configure linux-x86_64 no-shared no-tests no-engine no-afalgeng \
         no-module --prefix="$prefix" --libdir=lib --openssldir=/etc/ssl >/dev/null &&
         make -s -j"$jobs" build_libs >/dev/null 2>&1 && make -s install_dev >/dev/null)
@@ -125,7 +140,7 @@ if [ ! -e "$python/.built" ]; then
     off=()
     for module in _ctypes _lzma _uuid nis _bz2 _crypt _curses _curses_panel _dbm _gdbm _tkinter \
         readline _sqlite3; do off+=("py_cv_module_$module=n/a"); done
-    dir=$(unpack "$(fetch_orig python3.11 "" python3.11)" cpython)
+    dir=$(unpack "$(fetch_orig python3.11 "$(suite_version python3.11 bookworm)")" cpython)
     (cd "$dir" && ./configure --prefix="$python" --with-openssl="$prefix" --with-ensurepip=install \
         "${off[@]}" CPPFLAGS="-I$prefix/include" LDFLAGS="-L$prefix/lib" >"$work/build/cpython-configure.log" &&
         make -s -j"$jobs" >"$work/build/cpython-make.log" 2>&1 &&
