@@ -33,8 +33,12 @@ POLL = 0.05
 HAS_UNIX = hasattr(socket, "AF_UNIX")
 HAS_FORK = hasattr(os, "fork")
 # Marks for tests that need AF_UNIX sockets or os.fork.
-needs_unix = pytest.mark.skipif(not HAS_UNIX, reason="no AF_UNIX on this platform")
-needs_fork = pytest.mark.skipif(not HAS_FORK, reason="needs os.fork")
+needs_unix = pytest.mark.skipif(
+    not HAS_UNIX, reason="no AF_UNIX on this platform (Windows): no Unix-socket servers exist there"
+)
+needs_fork = pytest.mark.skipif(
+    not HAS_FORK, reason="no os.fork on this platform (Windows): no Forking* servers exist there"
+)
 # The socket kinds a test of every server family runs on (see server_class).
 SOCKET_KINDS = [
     "tcp",

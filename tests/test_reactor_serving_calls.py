@@ -17,6 +17,7 @@ import threading
 import time
 
 import pytest
+from _behaviour_helpers import needs_unix
 from socketserver_rs import MessageHandler, ReactorTCPServer, ReactorUDPServer
 
 if hasattr(socket, "AF_UNIX"):
@@ -29,9 +30,7 @@ ALREADY_SERVING = "already serving"
 
 FAMILIES = [
     "tcp",
-    pytest.param(
-        "unix", marks=pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no AF_UNIX")
-    ),
+    pytest.param("unix", marks=needs_unix),
     "udp",
 ]
 
@@ -296,7 +295,7 @@ def test_of_threads_racing_to_serve_exactly_one_serves(servers, family, unix_dir
     client.close()
 
 
-@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="NOTIFY_SOCKET is a Unix socket")
+@needs_unix  # NOTIFY_SOCKET, the service manager's end, is a Unix datagram socket
 def test_a_refused_call_tells_the_service_manager_nothing(servers, unix_dir, monkeypatch):
     manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     manager.settimeout(TIMEOUT)
