@@ -288,19 +288,20 @@ impl<'r> StreamLoop<'r> {
             .settings
             .max_connections
             .saturating_sub(self.open_count());
-        // Read once per batch: a reload swaps it for later batches.
-        let tls = self.reactor.shared().tls_server();
         for _ in 0..ACCEPT_BATCH.min(room) {
             match sys::accept_nonblocking(self.session.listener) {
                 Ok((fd, peer)) => {
                     self.backoff.succeeded();
                     Counters::bump(&self.reactor.shared().stats.acquired);
                     let stats = &self.reactor.shared().stats;
-                    let done = match &tls {
+                    // Read per connection, not per batch: a batch of TLS handshakes can last
+                    // long enough for a reload to land in it, and a client that connects after
+                    // reload_tls() returned must get the new certificate.
+                    let done = match self.reactor.shared().tls_server() {
                         None => Some((fd, peer, None)),
                         Some(tls) => {
                             let poller = &self.session.poller;
-                            self.handshakes.start(fd, peer, tls, poller, stats)
+                            self.handshakes.start(fd, peer, &tls, poller, stats)
                         }
                     };
                     self.accepted.extend(done);

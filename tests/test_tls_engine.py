@@ -550,6 +550,51 @@ def test_reload_tls_serves_new_handshakes_with_the_new_certificate(serve, tls_ma
     served.wait_stats(lambda s: s["tls_handshakes"] == 3, "three handshakes")
 
 
+def test_reload_tls_reaches_a_connection_made_while_a_backlog_is_being_accepted(
+    serve, tls_material
+):
+    # The reactor accepts a backlog in batches. A reload that lands mid-batch must still reach
+    # every connection made after reload_tls() returned: the certificate in use was once read
+    # once per batch, so a client that connected just after a reload could get the old one.
+    stalled, release = threading.Event(), threading.Event()
+
+    class StallingHandler(MessageHandler):
+        def handle_message(self, message):
+            stalled.set()  # the loop thread is held here: new clients queue in the backlog
+            release.wait(TIMEOUT)
+            return b"ok\n"
+
+    served = serve(
+        "tcp",
+        StallingHandler,
+        tls_certfile=tls_material.rsa_server_cert,  # RSA: each handshake costs the loop ~1 ms
+        tls_keyfile=tls_material.rsa_server_key,
+    )
+    staller = served.tls()
+    staller.sendall(b"stall\n")
+    assert stalled.wait(TIMEOUT)
+    context = tls_material.client_context()
+    backlog = []
+    for _ in range(150):
+        sock = context.wrap_socket(
+            served.raw(), server_hostname="localhost", do_handshake_on_connect=False
+        )
+        sock.setblocking(False)
+        with pytest.raises(ssl.SSLWantReadError):
+            sock.do_handshake()  # the ClientHello is sent: the loop has crypto to do for it
+        backlog.append(sock)
+    release.set()
+    served.wait_stats(lambda s: s["accepted"] >= 3, "the backlog's first accepts", TIMEOUT)
+    served.server.tls_certfile = tls_material.second_server_cert
+    served.server.tls_keyfile = tls_material.second_server_key
+    served.server.reload_tls()
+    assert served.stats()["accepted"] < 1 + len(backlog), "the batch ended before the reload"
+    assert peer_name(served.tls()) == "server-two"
+    assert recv_exactly(staller, 3) == b"ok\n"
+    for sock in backlog:
+        sock.close()
+
+
 def test_reload_tls_without_tls_is_a_value_error():
     with ReactorTCPServer((LOOPBACK, 0), make_handler()) as server:
         with pytest.raises(ValueError, match="TLS is not enabled"):
