@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use pyo3::buffer::PyUntypedBuffer;
@@ -324,6 +324,16 @@ pub struct Session {
     pub listener: RawFd,
 }
 
+/// Connections kept between serving calls.
+#[derive(Debug, Default)]
+struct Parked {
+    conns: Option<(Slab<Conn<Handler>>, Handshakes)>,
+    /// Set by `close_all`: a serving call that ends afterwards (`server_close()` from another
+    /// thread while it served) closes its connections instead of parking them, or they would
+    /// stay open, their `finish()` never called, in a server nobody closes again.
+    closed: bool,
+}
+
 /// The loop of a reactor server: Rust-owned connections, Python called per message.
 #[pyclass(frozen, module = "socketserver_rs._core")]
 #[derive(Debug, Default)]
@@ -331,8 +341,8 @@ pub struct Reactor {
     shared: Arc<Shared>,
     latch: ShutdownLatch,
     /// Open connections (and TLS handshakes) between serving calls (the one serving call
-    /// takes them out while it runs).
-    conns: Mutex<Option<(Slab<Conn<Handler>>, Handshakes)>>,
+    /// takes them out while it runs), and whether `server_close()` has run.
+    parked: Mutex<Parked>,
     generation: AtomicU64,
     /// `shutdown(timeout)`'s drain window in ms, plus one (0: none asked for).
     drain_ms: AtomicU64,
@@ -343,6 +353,39 @@ pub struct Reactor {
 }
 
 impl Reactor {
+    fn parked(&self) -> MutexGuard<'_, Parked> {
+        self.parked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Close `conns` and `handshakes`, calling each handler's `finish()` (Python: the caller
+    /// holds no lock); the first error a `finish()` raised is returned after all are closed.
+    fn close_connections(
+        &self,
+        server: &Bound<'_, PyAny>,
+        mut conns: Slab<Conn<Handler>>,
+        mut handshakes: Handshakes,
+    ) -> PyResult<()> {
+        for slot in handshakes.slots() {
+            drop(handshakes.remove(slot));
+            Counters::bump(&self.shared.stats.closed);
+        }
+        let slots: Vec<usize> = conns.indices().collect();
+        let mut first_error = None;
+        for slot in slots {
+            if let Some(mut conn) = conns.remove(slot) {
+                if conn.tls.is_some() {
+                    // One try at a close_notify (and what was queued), without waiting.
+                    conn.closing = true;
+                    let _ = conn.flush();
+                }
+                if let Err(err) = finish(server, &conn.handler) {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     fn open_session(&self, server: &Bound<'_, PyAny>) -> PyResult<Session> {
         let py = server.py();
         let listener: RawFd = server.call_method0(intern!(py, "fileno"))?.extract()?;
@@ -507,22 +550,25 @@ impl Reactor {
                 let served = lp.run(server, handler_class);
                 (lp.into_session(), served)
             } else {
-                let conns = self
-                    .conns
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
+                let conns = self.parked().conns.take();
                 let (conns, handshakes) = conns.unwrap_or_default();
                 let mut lp = StreamLoop::new(self, session, settings, conns, handshakes, submit);
                 let served = lp.run(server, handler_class);
                 let (session, conns, handshakes) = lp.into_parts(py);
-                let mut stored = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-                // Empty since this call took them: no other serving call runs meanwhile, and
-                // `close_all` only takes. So nothing is dropped (no Python runs) under the lock.
-                debug_assert!(stored.is_none(), "one serving call at a time");
-                *stored = Some((conns, handshakes));
-                drop(stored);
-                (session, served)
+                let mut parked = self.parked();
+                let finished = if parked.closed {
+                    drop(parked);
+                    // The finish() calls run Python: never under the lock.
+                    self.close_connections(server, conns, handshakes)
+                } else {
+                    // Empty since this call took them: no other serving call runs meanwhile,
+                    // and `close_all` only takes. So nothing is dropped (no Python runs) under
+                    // the lock.
+                    debug_assert!(parked.conns.is_none(), "one serving call at a time");
+                    parked.conns = Some((conns, handshakes));
+                    Ok(())
+                };
+                (session, served.and(finished))
             };
             let closed = self.close_session(py, session);
             served?;
@@ -574,33 +620,15 @@ impl Reactor {
     /// descriptors (for `server_close`).
     fn close_all(&self, server: &Bound<'_, PyAny>) -> PyResult<()> {
         self.shared.poller.release();
-        let conns = self
-            .conns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let Some((mut conns, mut handshakes)) = conns else {
-            return Ok(());
+        let conns = {
+            let mut parked = self.parked();
+            parked.closed = true;
+            parked.conns.take()
         };
-        for slot in handshakes.slots() {
-            drop(handshakes.remove(slot));
-            Counters::bump(&self.shared.stats.closed);
+        match conns {
+            Some((conns, handshakes)) => self.close_connections(server, conns, handshakes),
+            None => Ok(()),
         }
-        let slots: Vec<usize> = conns.indices().collect();
-        let mut first_error = None;
-        for slot in slots {
-            if let Some(mut conn) = conns.remove(slot) {
-                if conn.tls.is_some() {
-                    // One try at a close_notify (and what was queued), without waiting.
-                    conn.closing = true;
-                    let _ = conn.flush();
-                }
-                if let Err(err) = finish(server, &conn.handler) {
-                    first_error.get_or_insert(err);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
     }
 
     /// Messages handled on worker threads (`handler_threads`): `handled` returned, `failed`
@@ -694,9 +722,8 @@ impl Reactor {
     /// Connections currently open.
     #[getter]
     fn connection_count(&self) -> usize {
-        self.conns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.parked()
+            .conns
             .as_ref()
             .map_or(0, |(conns, handshakes)| conns.len() + handshakes.len())
     }

@@ -669,6 +669,27 @@ def test_server_close_closes_every_connection_and_calls_finish_once_each(reactor
 
 
 @pytest.mark.parametrize("family", STREAM_FAMILIES)
+def test_server_close_during_serving_closes_the_connections_when_serving_stops(reactor, family):
+    """server_close() from another thread while serve_forever() runs, then shutdown(): the
+    connections the serving call holds are closed, each finish() called once, when it
+    returns; none is left open in a server that nobody will close again."""
+    handler = make_handler("line")
+    served = reactor.start(family, handler)
+    clients = [served.connect() for _ in range(3)]
+    for client in clients:
+        exchange(client, "line", b"hi\n")
+    fds_before = len(os.listdir("/proc/self/fd"))
+    served.server.server_close()
+    served.shutdown()
+    for client in clients:
+        assert read_until_closed(client) == b""
+    assert handler.recorder.count("finish") == 3
+    assert served.server.connection_count == 0
+    assert len(os.listdir("/proc/self/fd")) <= fds_before - 3  # the server's ends are closed
+    assert handler.recorder.errors() == []
+
+
+@pytest.mark.parametrize("family", STREAM_FAMILIES)
 def test_an_exception_in_finish_is_reported_and_the_server_carries_on(reactor, family):
     class handler(make_handler("line")):
         def finish(self):
