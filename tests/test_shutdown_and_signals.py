@@ -416,7 +416,11 @@ class Busy(module.BaseRequestHandler):
         state["busy"] = True
         self.request.sendall(b"busy")
         if scenario == "thread_kill":
-            # The signal lands on this request thread, not on the serving main thread.
+            # The signal lands on this request thread, not on the serving main thread; sent
+            # once the main thread is out of Thread.start() (see dispatched() below).
+            deadline = time.monotonic() + 5
+            while not state.get("dispatched") and time.monotonic() < deadline:
+                time.sleep(0.001)
             state["sent"] = time.monotonic()
             signal.pthread_kill(threading.get_ident(), signal.SIGINT)
         deadline = time.monotonic() + 5
@@ -430,7 +434,23 @@ elif scenario == "shutdown_wait":
     base, handler = module.TCPServer, Busy
 else:
     base, handler = module.ThreadingTCPServer, Busy
-Server = type("Server", (base,), {"daemon_threads": True, "block_on_close": False})
+
+
+def dispatched(self, request, client_address):
+    # Say when the serving thread is back from Thread.start(). A SIGINT that lands inside
+    # start()'s Event.wait can raise KeyboardInterrupt between the lock operations of its
+    # Condition; the stdlib's threading then fails with "release unlocked lock", a
+    # RuntimeError that _handle_request_noblock hands to handle_error, and serving goes on.
+    # That is CPython's hazard, in both modules alike, so the tests signal only after this.
+    base.process_request(self, request, client_address)
+    state["dispatched"] = state.get("dispatched", 0) + 1
+    report(event="dispatched")
+
+
+attributes = {"daemon_threads": True, "block_on_close": False}
+if base is module.ThreadingTCPServer:
+    attributes["process_request"] = dispatched
+Server = type("Server", (base,), attributes)
 
 server = None
 try:
@@ -492,6 +512,14 @@ def busy_client(server_port):
     return client
 
 
+def threaded_busy_client(proc, server_port):
+    """A client whose request thread is busy, once the serving thread is back from
+    starting that thread (the child's dispatched())."""
+    client = busy_client(server_port)
+    assert json.loads(read_line(proc, 10.0))["event"] == "dispatched"
+    return client
+
+
 @pytest.mark.parametrize("scenario", ["idle", "handle_request"])
 def test_sigint_raises_keyboard_interrupt_out_of_a_waiting_server_and_closes_it(
     ss, harness, scenario
@@ -509,7 +537,7 @@ def test_sigint_raises_keyboard_interrupt_out_of_a_waiting_server_and_closes_it(
 def test_sigint_while_request_threads_are_busy_interrupts_serve_forever(ss, harness):
     poll_interval = 30.0 if ss.__name__ == "socketserver_rs" else 0.5
     proc, port = start_child(harness, ss, "busy", poll_interval)
-    clients = [busy_client(port) for _ in range(2)]
+    clients = [threaded_busy_client(proc, port) for _ in range(2)]
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     outcome = await_interrupt(proc, bound(ss, poll_interval))
@@ -523,7 +551,7 @@ def test_sigint_landing_on_a_busy_request_thread_still_interrupts_serve_forever(
     (pthread_kill) while it spins, and the main thread waits in serve_forever()."""
     poll_interval = 30.0 if ss.__name__ == "socketserver_rs" else 0.5
     proc, port = start_child(harness, ss, "thread_kill", poll_interval)
-    client = busy_client(port)
+    client = threaded_busy_client(proc, port)
     outcome = await_interrupt(proc, bound(ss, poll_interval))
     assert outcome["sent"] is not None
     assert outcome["at"] - outcome["sent"] < bound(ss, poll_interval)
