@@ -131,16 +131,26 @@ class SlowMessages(socketserver_rs.MessageHandler):
 
     def handle_message(self, message):
         self.server.started.set()
-        time.sleep(0.5)
+        self.server.release.wait(self.server.delay)
         return b"done " + message
 
 
-def test_reactor_shutdown_with_a_timeout_answers_the_messages_already_read():
+def slow_messages_server(delay):
+    """A reactor TCP server on two handler threads whose handler holds each message for
+    ``delay`` seconds, or until the test sets ``release``."""
+
     class Server(socketserver_rs.ReactorTCPServer):
         handler_threads = 2
 
     server = Server(("127.0.0.1", 0), SlowMessages)
     server.started = threading.Event()
+    server.release = threading.Event()
+    server.delay = delay
+    return server
+
+
+def test_reactor_shutdown_with_a_timeout_answers_the_messages_already_read():
+    server = slow_messages_server(delay=0.5)
     loop = serving(server)
     replies = []
     client = threading.Thread(target=send, args=(server.server_address, b"c\n", replies))
@@ -214,11 +224,8 @@ def test_reactor_shutdown_with_a_timeout_does_not_wait_for_idle_connections():
 
 
 def test_reactor_shutdown_without_a_timeout_does_not_wait_for_handler_threads():
-    class Server(socketserver_rs.ReactorTCPServer):
-        handler_threads = 2
-
-    server = Server(("127.0.0.1", 0), SlowMessages)
-    server.started = threading.Event()
+    # Held until released: a shutdown() that waited for it would take CLIENT_TIMEOUT.
+    server = slow_messages_server(delay=CLIENT_TIMEOUT)
     loop = serving(server)
     replies = []
     client = threading.Thread(target=send, args=(server.server_address, b"d\n", replies))
@@ -227,8 +234,11 @@ def test_reactor_shutdown_without_a_timeout_does_not_wait_for_handler_threads():
         assert server.started.wait(CLIENT_TIMEOUT)
         started = time.monotonic()
         server.shutdown()
-        assert time.monotonic() - started < 0.45  # the handler still sleeps
+        took = time.monotonic() - started
+        server.release.set()
+        assert took < CLIENT_TIMEOUT / 2, took
     finally:
+        server.release.set()
         server.server_close()
         loop.join(5)
         client.join(CLIENT_TIMEOUT)
