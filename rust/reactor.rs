@@ -719,7 +719,8 @@ impl Reactor {
         self.shared.tls_server().is_some()
     }
 
-    /// Connections currently open.
+    /// Connections kept open between serving calls (0 while a call serves: the call holds
+    /// them, and `stats()` counts them live).
     #[getter]
     fn connection_count(&self) -> usize {
         self.parked()
