@@ -113,6 +113,35 @@ def test_shutdown_with_a_timeout_returns_at_once_when_nothing_is_in_flight(base)
         loop.join(5)
 
 
+@pytest.mark.parametrize("base", BASES, ids=lambda b: b.__name__)
+def test_shutdown_with_a_timeout_sees_requests_end_under_an_overridden_process_request_thread(
+    base,
+):
+    class Server(base):
+        def process_request_thread(self, request, client_address):
+            # Serves the request without calling the stock process_request_thread().
+            try:
+                self.finish_request(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+    server = make_server(Server)
+    server.release.set()  # the handler answers at once
+    loop = serving(server)
+    replies = []
+    try:
+        send(server.server_address, b"o\n", replies)
+        assert replies == [b"done o\n"]
+        started = time.monotonic()
+        server.shutdown(timeout=CLIENT_TIMEOUT)
+        # Nothing is left in flight: no reason to wait out the timeout.
+        assert time.monotonic() - started < CLIENT_TIMEOUT / 2
+        assert server.finished == [b"o\n"]
+    finally:
+        server.server_close()
+        loop.join(5)
+
+
 def test_the_stdlib_shutdown_takes_no_timeout_ours_adds_one():
     with pytest.raises(TypeError):
         socketserver.TCPServer.shutdown(object(), timeout=1)  # type: ignore[call-arg]

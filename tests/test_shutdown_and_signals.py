@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -392,6 +393,86 @@ def test_serving_leaves_the_signal_wakeup_fd_as_it_found_it(ss, harness):
     finally:
         current = signal.set_wakeup_fd(previous)
     assert current == wakeup_w.fileno()
+
+
+def interrupting_thread_start(fired):
+    """A trace function for the serving thread that raises KeyboardInterrupt once, where a
+    signal handler's can land (and once did in CI): at the first instruction of
+    ``Condition._acquire_restore`` while ``Thread.start()`` waits for the new thread. ``fired``
+    records that it did."""
+    here = threading.__file__
+
+    def trace(frame, event, arg):
+        code = frame.f_code
+        if (
+            fired
+            or event != "call"
+            or (code.co_name, code.co_filename)
+            != (
+                "_acquire_restore",
+                here,
+            )
+        ):
+            return None
+        caller = frame.f_back
+        while caller is not None and (caller.f_code.co_name, caller.f_code.co_filename) != (
+            "start",
+            here,
+        ):
+            caller = caller.f_back
+        if caller is None:
+            return None
+        fired.append(code)
+        raise KeyboardInterrupt  # propagates into the frame being called, as from a handler
+
+    return trace
+
+
+def test_ctrl_c_landing_inside_a_request_threads_start(ss, harness):
+    """The stdlib loses this Ctrl-C: the interrupted wait leaves threading's Condition lock
+    released, ``start()`` fails with "release unlocked lock", and the loop hands that
+    RuntimeError to ``handle_error()`` and serves on. socketserver_rs raises the
+    KeyboardInterrupt out of ``serve_forever()`` (a deliberate difference)."""
+    errors = []
+
+    class Server(ss.ThreadingTCPServer):
+        daemon_threads = True
+
+        def handle_error(self, request, client_address):
+            errors.append(sys.exception())
+
+    server = harness.server(Server, (LOOPBACK, 0), echo_handler(ss))
+    fired, raised = [], []
+
+    def serve():
+        sys.settrace(interrupting_thread_start(fired))
+        try:
+            server.serve_forever(POLL)
+        except BaseException as error:
+            raised.append(error)
+        finally:
+            sys.settrace(None)
+
+    serving = harness.thread(serve)
+    # process_request() raised, so the loop shut that request down (as the stdlib's loop does
+    # on any exception from it): its client may or may not have had its reply first.
+    assert harness.exchange(server, b"hi") in (b"", b"echo:hi")
+    assert wait_for(lambda: fired), "Thread.start() no longer waits in _acquire_restore"
+    if ss.__name__ == "socketserver_rs":
+        serving.join(5.0)
+        assert not serving.is_alive()
+        assert len(raised) == 1 and type(raised[0]) is KeyboardInterrupt
+        # The request thread may report the shut-down socket; the interruption is not reported.
+        assert not [e for e in errors if isinstance(e.__context__, KeyboardInterrupt)], errors
+    else:
+        assert wait_for(lambda: errors)
+        assert isinstance(errors[0], RuntimeError)
+        assert isinstance(errors[0].__context__, KeyboardInterrupt)
+        assert harness.exchange(server, b"again") == b"echo:again"  # still serving
+        finished, _, error = call_with_timeout(server.shutdown)
+        assert finished and error is None
+        serving.join(5.0)
+        assert raised == []
 
 
 # SIGINT in a child interpreter --------------------------------------------------------------

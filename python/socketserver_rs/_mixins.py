@@ -12,6 +12,7 @@ from ._servers import BaseServer, TCPServer, UDPServer
 # Types are in PEP 484 type comments, so that the runtime signatures stay the stdlib's
 # (see _servers.py). Ruff does not read type comments: hence the noqa on their imports.
 if TYPE_CHECKING:
+    from collections.abc import Callable  # noqa: F401
     from typing import Any  # noqa: F401
 
     from ._servers import Address  # noqa: F401
@@ -73,21 +74,49 @@ class _InFlight:
         self.changed = threading.Condition()
 
     def begin(self):
-        # type: () -> None
+        # type: () -> Callable[[], None]
+        """Count one request in; returns the function that counts it out, which does so
+        once however often it is called (the request thread and a failed ``start()`` may
+        both call it)."""
         with self.changed:
             self.count += 1
+        ended = False
 
-    def end(self):
-        # type: () -> None
-        with self.changed:
-            self.count -= 1
-            if self.count == 0:
-                self.changed.notify_all()
+        def end():
+            # type: () -> None
+            nonlocal ended
+            with self.changed:
+                if ended:
+                    return
+                ended = True
+                self.count -= 1
+                if self.count == 0:
+                    self.changed.notify_all()
+
+        return end
 
     def wait_idle(self, timeout):
         # type: (float | None) -> bool
         with self.changed:
             return self.changed.wait_for(lambda: self.count == 0, timeout)
+
+
+def _interruption_behind(error):
+    # type: (BaseException) -> BaseException | None
+    """The KeyboardInterrupt (or other exception from a signal handler) that ``error`` hides,
+    if ``Thread.start()`` failed because a signal handler raised inside its wait.
+
+    ``start()`` waits for the new thread on an Event, whose Condition re-takes its lock in a
+    Python method; a handler that raises at that method's first instruction leaves the lock
+    released, and the ``with`` block's exit then raises ``RuntimeError("release unlocked
+    lock")`` with the interruption as its context. The stdlib's serving loop hands that
+    RuntimeError to ``handle_error()`` and goes on serving, so the Ctrl-C is lost.
+    """
+    context = error.__context__
+    if isinstance(error, RuntimeError) and context is not None:
+        if not isinstance(context, Exception):
+            return context
+    return None
 
 
 class ThreadingMixIn(_MixInBase):
@@ -110,10 +139,16 @@ class ThreadingMixIn(_MixInBase):
         except Exception:
             self.handle_error(request, client_address)
         finally:
-            try:
-                self.shutdown_request(request)
-            finally:
-                self._rs_in_flight.end()
+            self.shutdown_request(request)
+
+    def _rs_request_thread(self, end, request, client_address):
+        # type: (Callable[[], None], Any, Address) -> None
+        """What a request thread runs: ``process_request_thread()``, then the request is
+        counted out of the ones in flight, even if an override did not call the stock one."""
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            end()
 
     @property
     def _rs_in_flight(self):
@@ -128,17 +163,20 @@ class ThreadingMixIn(_MixInBase):
         """Start a thread to serve the request."""
         if self.block_on_close:
             vars(self).setdefault("_threads", _Threads())
+        end = self._rs_in_flight.begin()
         thread = threading.Thread(
-            target=self.process_request_thread, args=(request, client_address)
+            target=self._rs_request_thread, args=(end, request, client_address)
         )
         thread.daemon = self.daemon_threads
         self._threads.append(thread)
-        self._rs_in_flight.begin()
         try:
             thread.start()
-        except BaseException:
-            self._rs_in_flight.end()
-            raise
+        except BaseException as error:
+            end()  # the thread may never run; if it does, its own end() does nothing
+            interruption = _interruption_behind(error)
+            if interruption is None:
+                raise
+            raise interruption from None
 
     def _rs_wait_idle(self, timeout):
         # type: (float | None) -> bool
