@@ -480,6 +480,47 @@ def test_ctrl_c_landing_inside_a_request_threads_start(ss, harness):
         assert raised == []
 
 
+def test_ctrl_c_landing_inside_a_pool_workers_start(rs, harness):
+    """The pool starts workers on the serving thread: a Ctrl-C inside that ``start()`` comes
+    out of ``serve_forever()`` as well, and the pool's count of workers stays true (the
+    launched worker either serves as one or, if the count was given back first, ends)."""
+
+    class Server(rs.ThreadPoolTCPServer):
+        daemon_threads = True
+        max_workers = 4
+
+    server = harness.server(Server, (LOOPBACK, 0), echo_handler(rs))
+    fired, raised = [], []
+
+    def serve():
+        sys.settrace(interrupting_thread_start(fired))
+        try:
+            server.serve_forever(POLL)
+        except BaseException as error:
+            raised.append(error)
+        finally:
+            sys.settrace(None)
+
+    serving = harness.thread(serve)
+    with socket.create_connection(server.server_address, timeout=5) as client:
+        with contextlib.suppress(OSError):  # the loop shuts the request down, as above
+            client.sendall(b"hi")
+            client.shutdown(socket.SHUT_WR)
+            recv_until_eof(client)
+    assert wait_for(lambda: fired), "Thread.start() no longer waits in _acquire_restore"
+    serving.join(5.0)
+    assert not serving.is_alive()
+    assert len(raised) == 1 and type(raised[0]) is KeyboardInterrupt
+    harness.serve(server)
+    assert harness.exchange(server, b"again") == b"echo:again"
+    workers = server._rs_workers
+
+    def counted_right():
+        return workers.pool.workers == sum(thread.is_alive() for thread in workers.threads)
+
+    assert wait_for(counted_right), (workers.pool.workers, workers.threads)
+
+
 # SIGINT in a child interpreter --------------------------------------------------------------
 
 CHILD = r"""

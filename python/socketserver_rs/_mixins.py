@@ -8,6 +8,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from ._servers import BaseServer, TCPServer, UDPServer
+from ._thread_start import start_thread
 
 # Types are in PEP 484 type comments, so that the runtime signatures stay the stdlib's
 # (see _servers.py). Ruff does not read type comments: hence the noqa on their imports.
@@ -101,24 +102,6 @@ class _InFlight:
             return self.changed.wait_for(lambda: self.count == 0, timeout)
 
 
-def _interruption_behind(error):
-    # type: (BaseException) -> BaseException | None
-    """The KeyboardInterrupt (or other exception from a signal handler) that ``error`` hides,
-    if ``Thread.start()`` failed because a signal handler raised inside its wait.
-
-    ``start()`` waits for the new thread on an Event, whose Condition re-takes its lock in a
-    Python method; a handler that raises at that method's first instruction leaves the lock
-    released, and the ``with`` block's exit then raises ``RuntimeError("release unlocked
-    lock")`` with the interruption as its context. The stdlib's serving loop hands that
-    RuntimeError to ``handle_error()`` and goes on serving, so the Ctrl-C is lost.
-    """
-    context = error.__context__
-    if isinstance(error, RuntimeError) and context is not None:
-        if not isinstance(context, Exception):
-            return context
-    return None
-
-
 class ThreadingMixIn(_MixInBase):
     """Serve each request in a new thread.
 
@@ -170,13 +153,10 @@ class ThreadingMixIn(_MixInBase):
         thread.daemon = self.daemon_threads
         self._threads.append(thread)
         try:
-            thread.start()
-        except BaseException as error:
+            start_thread(thread)
+        except BaseException:
             end()  # the thread may never run; if it does, its own end() does nothing
-            interruption = _interruption_behind(error)
-            if interruption is None:
-                raise
-            raise interruption from None
+            raise
 
     def _rs_wait_idle(self, timeout):
         # type: (float | None) -> bool

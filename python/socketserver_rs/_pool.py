@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from ._fastpath import default_hook
 from ._servers import BaseServer, TCPServer, UDPServer
+from ._thread_start import start_thread
 
 # The stdlib-named hooks (process_request …) take PEP 484 type comments, as in _servers.py,
 # so that their runtime signatures stay the stdlib's; the rest is annotated. Ruff does not
@@ -47,6 +48,30 @@ def _close_open_pools() -> None:
 
 # The hook that runs before non-daemon threads are joined (concurrent.futures uses it too).
 threading._register_atexit(_close_open_pools)  # type: ignore[attr-defined]
+
+
+class _WorkerSlot:
+    """The pool's count of one worker being started, which exactly one side settles: the
+    worker, by taking it (it then leaves the pool as any worker does), or ``start_worker()``,
+    by giving it back when ``start()`` failed, perhaps after launching the thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._settled = False
+
+    def _settle(self) -> bool:
+        with self._lock:
+            settled, self._settled = self._settled, True
+            return not settled
+
+    def take(self) -> bool:
+        """The worker, as it begins: True if it is to serve."""
+        return self._settle()
+
+    def give_back(self) -> bool:
+        """``start_worker()``, after a failed ``start()``: True if the pool's count is to
+        drop (the worker has not taken the slot, and now will not)."""
+        return self._settle()
 
 
 class Workers:
@@ -78,17 +103,21 @@ class Workers:
     def start_worker(self) -> None:
         """Start the worker thread the pool just counted (the engine calls this too, when it
         queues requests itself)."""
-        thread = threading.Thread(target=self._work, daemon=self._daemon)
+        slot = _WorkerSlot()
+        thread = threading.Thread(target=self._work, args=(slot,), daemon=self._daemon)
         self.threads.add(thread)
         try:
-            thread.start()
+            start_thread(thread)
         except BaseException:
-            self.threads.discard(thread)
-            self.pool.worker_gone()
+            if slot.give_back():
+                self.threads.discard(thread)
+                self.pool.worker_gone()
             raise
 
-    def _work(self) -> None:
+    def _work(self, slot: "_WorkerSlot") -> None:
         """A worker's life: serve queued items until idle too long or the pool closes."""
+        if not slot.take():
+            return  # start_worker() gave the slot back: its start() failed as this began
         pool = self.pool
         try:
             pool.work(self._serve, self._idle_timeout, self._server)
