@@ -429,6 +429,33 @@ def interrupting_thread_start(fired):
     return trace
 
 
+def serve_with_thread_start_interrupted(harness, server):
+    """serve_forever() on a thread traced by ``interrupting_thread_start``; returns the
+    thread, the list of interruptions fired and the list of what serve_forever() raised."""
+    fired, raised = [], []
+
+    def serve():
+        sys.settrace(interrupting_thread_start(fired))
+        try:
+            server.serve_forever(POLL)
+        except BaseException as error:
+            raised.append(error)
+        finally:
+            sys.settrace(None)
+
+    return harness.thread(serve), fired, raised
+
+
+def send_a_request_that_gets_cut(server):
+    """A request whose process_request() is interrupted: the loop shuts it down (as the
+    stdlib's does on any exception from it), maybe with a reset before the client is done."""
+    with socket.create_connection(server.server_address, timeout=5) as client:
+        with contextlib.suppress(OSError):
+            client.sendall(b"hi")
+            client.shutdown(socket.SHUT_WR)
+            recv_until_eof(client)
+
+
 def test_ctrl_c_landing_inside_a_request_threads_start(ss, harness):
     """The stdlib loses this Ctrl-C: the interrupted wait leaves threading's Condition lock
     released, ``start()`` fails with "release unlocked lock", and the loop hands that
@@ -443,25 +470,8 @@ def test_ctrl_c_landing_inside_a_request_threads_start(ss, harness):
             errors.append(sys.exception())
 
     server = harness.server(Server, (LOOPBACK, 0), echo_handler(ss))
-    fired, raised = [], []
-
-    def serve():
-        sys.settrace(interrupting_thread_start(fired))
-        try:
-            server.serve_forever(POLL)
-        except BaseException as error:
-            raised.append(error)
-        finally:
-            sys.settrace(None)
-
-    serving = harness.thread(serve)
-    with socket.create_connection(server.server_address, timeout=5) as client:
-        # process_request() raises, so the loop shuts this request down (as the stdlib's loop
-        # does on any exception from it), maybe with a reset before the client is done.
-        with contextlib.suppress(OSError):
-            client.sendall(b"hi")
-            client.shutdown(socket.SHUT_WR)
-            recv_until_eof(client)
+    serving, fired, raised = serve_with_thread_start_interrupted(harness, server)
+    send_a_request_that_gets_cut(server)
     assert wait_for(lambda: fired), "Thread.start() no longer waits in _acquire_restore"
     if ss.__name__ == "socketserver_rs":
         serving.join(5.0)
@@ -490,23 +500,8 @@ def test_ctrl_c_landing_inside_a_pool_workers_start(rs, harness):
         max_workers = 4
 
     server = harness.server(Server, (LOOPBACK, 0), echo_handler(rs))
-    fired, raised = [], []
-
-    def serve():
-        sys.settrace(interrupting_thread_start(fired))
-        try:
-            server.serve_forever(POLL)
-        except BaseException as error:
-            raised.append(error)
-        finally:
-            sys.settrace(None)
-
-    serving = harness.thread(serve)
-    with socket.create_connection(server.server_address, timeout=5) as client:
-        with contextlib.suppress(OSError):  # the loop shuts the request down, as above
-            client.sendall(b"hi")
-            client.shutdown(socket.SHUT_WR)
-            recv_until_eof(client)
+    serving, fired, raised = serve_with_thread_start_interrupted(harness, server)
+    send_a_request_that_gets_cut(server)
     assert wait_for(lambda: fired), "Thread.start() no longer waits in _acquire_restore"
     serving.join(5.0)
     assert not serving.is_alive()
