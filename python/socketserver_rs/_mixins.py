@@ -13,7 +13,6 @@ from ._thread_start import start_thread
 # Types are in PEP 484 type comments, so that the runtime signatures stay the stdlib's
 # (see _servers.py). Ruff does not read type comments: hence the noqa on their imports.
 if TYPE_CHECKING:
-    from collections.abc import Callable  # noqa: F401
     from typing import Any  # noqa: F401
 
     from ._servers import Address  # noqa: F401
@@ -75,26 +74,21 @@ class _InFlight:
         self.changed = threading.Condition()
 
     def begin(self):
-        # type: () -> Callable[[], None]
-        """Count one request in; returns the function that counts it out, which does so
-        once however often it is called (the request thread and a failed ``start()`` may
-        both call it)."""
+        # type: () -> threading.Lock
+        """Count one request in; returns its claim for ``end()``, a fresh lock: the first
+        to acquire it (the request thread, or a failed ``start()``) counts the request out."""
         with self.changed:
             self.count += 1
-        ended = False
+        return threading.Lock()
 
-        def end():
-            # type: () -> None
-            nonlocal ended
-            with self.changed:
-                if ended:
-                    return
-                ended = True
-                self.count -= 1
-                if self.count == 0:
-                    self.changed.notify_all()
-
-        return end
+    def end(self, claim):
+        # type: (threading.Lock) -> None
+        if not claim.acquire(blocking=False):
+            return  # counted out already
+        with self.changed:
+            self.count -= 1
+            if self.count == 0:
+                self.changed.notify_all()
 
     def wait_idle(self, timeout):
         # type: (float | None) -> bool
@@ -124,14 +118,14 @@ class ThreadingMixIn(_MixInBase):
         finally:
             self.shutdown_request(request)
 
-    def _rs_request_thread(self, end, request, client_address):
-        # type: (Callable[[], None], Any, Address) -> None
+    def _rs_request_thread(self, claim, request, client_address):
+        # type: (threading.Lock, Any, Address) -> None
         """What a request thread runs: ``process_request_thread()``, then the request is
         counted out of the ones in flight, even if an override did not call the stock one."""
         try:
             self.process_request_thread(request, client_address)
         finally:
-            end()
+            self._rs_in_flight.end(claim)
 
     @property
     def _rs_in_flight(self):
@@ -146,16 +140,17 @@ class ThreadingMixIn(_MixInBase):
         """Start a thread to serve the request."""
         if self.block_on_close:
             vars(self).setdefault("_threads", _Threads())
-        end = self._rs_in_flight.begin()
+        claim = self._rs_in_flight.begin()
         thread = threading.Thread(
-            target=self._rs_request_thread, args=(end, request, client_address)
+            target=self._rs_request_thread, args=(claim, request, client_address)
         )
         thread.daemon = self.daemon_threads
         self._threads.append(thread)
         try:
             start_thread(thread)
         except BaseException:
-            end()  # the thread may never run; if it does, its own end() does nothing
+            # The thread may never run; if it does, its own end() finds the claim taken.
+            self._rs_in_flight.end(claim)
             raise
 
     def _rs_wait_idle(self, timeout):

@@ -50,30 +50,6 @@ def _close_open_pools() -> None:
 threading._register_atexit(_close_open_pools)  # type: ignore[attr-defined]
 
 
-class _WorkerSlot:
-    """The pool's count of one worker being started, which exactly one side settles: the
-    worker, by taking it (it then leaves the pool as any worker does), or ``start_worker()``,
-    by giving it back when ``start()`` failed, perhaps after launching the thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._settled = False
-
-    def _settle(self) -> bool:
-        with self._lock:
-            settled, self._settled = self._settled, True
-            return not settled
-
-    def take(self) -> bool:
-        """The worker, as it begins: True if it is to serve."""
-        return self._settle()
-
-    def give_back(self) -> bool:
-        """``start_worker()``, after a failed ``start()``: True if the pool's count is to
-        drop (the worker has not taken the slot, and now will not)."""
-        return self._settle()
-
-
 class Workers:
     """A ``WorkerPool`` queue and the threads serving it: each queued item is a tuple of
     arguments for ``serve``, called on a worker thread; or, given a pool ``server``, for its
@@ -103,21 +79,24 @@ class Workers:
     def start_worker(self) -> None:
         """Start the worker thread the pool just counted (the engine calls this too, when it
         queues requests itself)."""
-        slot = _WorkerSlot()
-        thread = threading.Thread(target=self._work, args=(slot,), daemon=self._daemon)
+        # The pool counted this worker already. Exactly one side settles that count, the
+        # first to acquire ``claim``: the worker as it begins (it then leaves the pool as any
+        # worker does), or this method when start() failed, perhaps after the launch.
+        claim = threading.Lock()
+        thread = threading.Thread(target=self._work, args=(claim,), daemon=self._daemon)
         self.threads.add(thread)
         try:
             start_thread(thread)
         except BaseException:
-            if slot.give_back():
+            if claim.acquire(blocking=False):
                 self.threads.discard(thread)
                 self.pool.worker_gone()
             raise
 
-    def _work(self, slot: "_WorkerSlot") -> None:
+    def _work(self, claim: threading.Lock) -> None:
         """A worker's life: serve queued items until idle too long or the pool closes."""
-        if not slot.take():
-            return  # start_worker() gave the slot back: its start() failed as this began
+        if not claim.acquire(blocking=False):
+            return  # start_worker() gave the count back: its start() failed as this began
         pool = self.pool
         try:
             pool.work(self._serve, self._idle_timeout, self._server)
