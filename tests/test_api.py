@@ -73,7 +73,7 @@ def test_every_public_class_says_it_lives_in_its_module(ss):
 
 
 # (class, attribute, stdlib default). Not here: request_queue_size, a deliberate difference
-# (socket.SOMAXCONN instead of 5) pinned in test_deliberate_differences.py.
+# (4096 instead of 5) pinned in test_deliberate_differences.py.
 DEFAULTS = [
     ("BaseServer", "timeout", None),
     ("TCPServer", "address_family", socket.AF_INET),

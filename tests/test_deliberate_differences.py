@@ -3,7 +3,7 @@ where the stdlib is the reference for the behaviour that an opt-out restores).
 
 1. ``TCPServer.tcp_nodelay = True``: accepted TCP connections get ``TCP_NODELAY``, on the
    engine's fast path and on the Python ``get_request()`` path alike.
-2. ``TCPServer.request_queue_size = socket.SOMAXCONN`` (the stdlib's is 5).
+2. ``TCPServer.request_queue_size = 4096`` (the stdlib's is 5), whatever ``socket.SOMAXCONN`` is.
 
 Each test's docstring names the difference it pins.
 """
@@ -13,6 +13,7 @@ import os
 import selectors
 import socket
 import socketserver
+import sys
 import time
 
 import pytest
@@ -153,19 +154,50 @@ def test_unix_stream_connections_are_not_affected_by_tcp_nodelay(harness, unix_d
     assert error_errno in (errno.EOPNOTSUPP, errno.ENOPROTOOPT)
 
 
-# 2. request_queue_size = SOMAXCONN ---------------------------------------------------------
+# 2. request_queue_size = 4096 --------------------------------------------------------------
 
 
-def test_request_queue_size_defaults_to_somaxconn():
-    """Difference: the listen backlog is ``socket.SOMAXCONN``; the stdlib's is 5."""
+def test_request_queue_size_defaults_to_4096():
+    """Difference: the listen backlog is 4096, on every libc; the stdlib's is 5. (Not
+    ``socket.SOMAXCONN``: 128 on a CPython built against musl.)"""
     assert socketserver.TCPServer.request_queue_size == 5
-    for cls in (rs.TCPServer, rs.ThreadingTCPServer, rs.ThreadPoolTCPServer):
-        assert cls.request_queue_size == socket.SOMAXCONN
+    for cls in (
+        rs.TCPServer,
+        rs.ThreadingTCPServer,
+        rs.ThreadPoolTCPServer,
+        rs.UnixStreamServer,
+        rs.ReactorTCPServer,
+    ):
+        assert cls.request_queue_size == 4096, cls
+
+
+def listener_backlog(sock):
+    """The accept queue's limit the kernel gave a listening TCP socket: Linux reports it in
+    ``tcp_info.tcpi_sacked`` for listeners (and the queue's length in ``tcpi_unacked``)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    # tcp_info: eight one-byte fields, then u32 rto, ato, snd_mss, rcv_mss, unacked, sacked.
+    return int.from_bytes(info[28:32], sys.byteorder)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's tcp_info")
+def test_the_kernel_queues_up_to_its_own_limit_whatever_the_c_librarys_somaxconn(harness):
+    """Difference: the kernel's accept queue for a default server is its own limit
+    (``net.core.somaxconn``, at most the 4096 asked for), also where CPython's
+    ``socket.SOMAXCONN`` says 128 (musl); ``request_queue_size = 5`` gives 5."""
+    with open("/proc/sys/net/core/somaxconn") as limit:
+        kernel_limit = int(limit.read())
+    handler = nodelay_handler(rs)
+    default = harness.server(rs.TCPServer, (LOOPBACK, 0), handler)
+    reactor = harness.server(rs.ReactorTCPServer, (LOOPBACK, 0), rs.MessageHandler)
+    restored = harness.server(rs.TCPServer, (LOOPBACK, 0), handler, request_queue_size=5)
+    assert listener_backlog(default.socket) == min(4096, kernel_limit)
+    assert listener_backlog(reactor.socket) == min(4096, kernel_limit)
+    assert listener_backlog(restored.socket) == 5
 
 
 def test_server_activate_listens_with_request_queue_size(harness):
-    """Difference: ``server_activate()`` passes ``request_queue_size`` (SOMAXCONN by default,
-    or what a subclass sets) to ``listen()``."""
+    """Difference: ``server_activate()`` passes ``request_queue_size`` (4096 by default, or
+    what a subclass sets) to ``listen()``."""
     backlogs = []
 
     class RecordingSocket(socket.socket):
@@ -183,7 +215,7 @@ def test_server_activate_listens_with_request_queue_size(harness):
         plain.close()
         server.server_bind()
         server.server_activate()
-    assert backlogs == [(socket.SOMAXCONN,), (5,)]
+    assert backlogs == [(4096,), (5,)]
 
 
 def connections_completed_without_accept(server, attempts=40, timeout=0.3):
@@ -221,7 +253,7 @@ def test_request_queue_size_5_restores_the_stdlib_backlog(harness):
 
 @pytest.mark.parametrize("class_name", ["ThreadingTCPServer", "ThreadPoolTCPServer"])
 def test_a_burst_of_256_simultaneous_clients_all_complete_a_round_trip(harness, class_name):
-    """Difference: with a SOMAXCONN backlog, 256 clients connecting at the same instant are
+    """Difference: with a backlog of 4096, 256 clients connecting at the same instant are
     all queued by the kernel and served. (With the stdlib's backlog of 5 most of them would
     have their SYNs dropped and sit in SYN retries for a second or more.)"""
 

@@ -569,9 +569,6 @@ def test_reload_tls_reaches_a_connection_made_while_a_backlog_is_being_accepted(
         StallingHandler,
         tls_certfile=tls_material.rsa_server_cert,  # RSA: each handshake costs the loop ~1 ms
         tls_keyfile=tls_material.rsa_server_key,
-        # Room for the whole backlog below: the default, socket.SOMAXCONN, is 128 where
-        # CPython is built against musl (4096 with glibc), and a full backlog drops SYNs.
-        request_queue_size=1024,
     )
     staller = served.tls()
     staller.sendall(b"stall\n")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Self
 from . import _activation, _core
 from ._fastpath import default_hook
 from ._pool import Workers
-from ._servers import TCPServer, print_request_error
+from ._servers import LISTEN_BACKLOG, TCPServer, print_request_error
 from ._stats import reactor_stats
 
 __all__ = ["MessageHandler", "ReactorTCPServer", "ReactorUDPServer", "TLSConfigError"]
@@ -104,7 +104,7 @@ class _ReactorServer:
 
     address_family: int = socket.AF_INET
     socket_type: int = socket.SOCK_STREAM
-    request_queue_size: int = socket.SOMAXCONN
+    request_queue_size: int = LISTEN_BACKLOG
     allow_reuse_address: bool = False
     allow_reuse_port: bool = False
     #: Seconds without input after which a connection is closed (None: never).
