@@ -156,14 +156,18 @@ wheels: $(RELEASE_TOOLS) ## Build the four Linux release wheels (glibc 2.17+, mu
 
 # `make musl-test`: only the x86_64 musllinux wheel (as `make wheels` builds it), run on a musl
 # CPython that .ci/musl_smoke.sh builds from Debian's sources and caches under target/musl.
-MUSL_DIST := target/musl/dist
-musl-test: $(RELEASE_TOOLS) ## Build the x86_64 musllinux wheel and run the whole suite on it under a musl CPython built here
+# `make musl-test MUSL_ARCH=aarch64`: the aarch64 one, on a musl CPython cross-compiled here and
+# run under qemu-user (a subset of the suite), cached under target/musl-aarch64.
+MUSL_ARCH ?= x86_64
+MUSL_WORK := target/musl$(if $(filter-out x86_64,$(MUSL_ARCH)),-$(MUSL_ARCH))
+MUSL_DIST := $(MUSL_WORK)/dist
+musl-test: $(RELEASE_TOOLS) ## Build the musllinux wheel (MUSL_ARCH: x86_64, or aarch64 under qemu) and run the suite on it under a musl CPython built here
 	rm -rf $(MUSL_DIST)
-	rustup target add x86_64-unknown-linux-musl
+	rustup target add $(MUSL_ARCH)-unknown-linux-musl
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(MATURIN) build --release --locked --zig \
-		--target x86_64-unknown-linux-musl --compatibility musllinux_1_2 --out $(MUSL_DIST)
+		--target $(MUSL_ARCH)-unknown-linux-musl --compatibility musllinux_1_2 --out $(MUSL_DIST)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) .ci/musl_soname.py $(MUSL_DIST)/*musllinux*.whl
-	.ci/musl_smoke.sh $(MUSL_DIST)/*-musllinux_1_2_x86_64.whl target/musl
+	.ci/musl_smoke.sh $(MUSL_DIST)/*-musllinux_1_2_$(MUSL_ARCH).whl $(MUSL_WORK)
 
 clean: ## Remove build outputs, caches and .venv
 	rm -rf target $(VENV) $(DIST) .pytest_cache .ruff_cache .mypy_cache .hypothesis
