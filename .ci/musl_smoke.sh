@@ -117,8 +117,10 @@ if [ ! -e "$musl/.built" ]; then
     version=${MUSL_VERSION:-$(suite_version musl trixie)}
     step "musl $version (Debian trixie's source) for $arch, its dynamic linker in $musl/lib"
     dir=$(unpack "$(fetch_orig musl "$version")" musl)
-    (cd "$dir" && CROSS_COMPILE=$cross ./configure --target="$arch" --prefix="$musl" \
-        --syslibdir="$musl/lib" >/dev/null &&
+    # musl's configure takes a --target as "cross-compile with $target-gcc": only when crossing.
+    target=()
+    if [ -n "$cross" ]; then target=(--target="$arch" CROSS_COMPILE="$cross"); fi
+    (cd "$dir" && ./configure "${target[@]}" --prefix="$musl" --syslibdir="$musl/lib" >/dev/null &&
         make -s -j"$jobs" >/dev/null && make -s install >/dev/null)
     touch "$musl/.built"
 fi
