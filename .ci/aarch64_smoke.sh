@@ -55,5 +55,5 @@ mkdir "$work/src"
 cp -R "$here/tests" "$here/examples" "$here/pyproject.toml" "$work/src/"
 cd "$work/src"
 "$work/venv/bin/python" -c 'import socketserver_rs._core as c, sysconfig; print("extension:", c.__file__)'
-SOCKETSERVER_RS_EXPECT_WHEEL=1 "$work/venv/bin/python" -m pytest -p no:cacheprovider \
-    tests/test_cpython_suite.py tests/test_api.py tests/test_servers.py tests/test_packaging.py
+mapfile -t tests < <(grep -v '^#' "$here/.ci/emulated_tests")
+SOCKETSERVER_RS_EXPECT_WHEEL=1 "$work/venv/bin/python" -m pytest -p no:cacheprovider "${tests[@]}"

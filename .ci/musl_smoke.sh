@@ -173,17 +173,19 @@ if [ ! -e "$python/.built" ]; then
     # configure cannot run test programs: a CPython 3.11 of the host builds the frozen modules,
     # the site file answers the two checks that would look at the target's /dev, --enable-ipv6
     # stands for the getaddrinfo() test, and pkg-config sees only the libraries built here.
-    native=(--build="$(uname -m)-pc-linux-musl" --with-ensurepip=install)
-    if [ -n "$cross" ]; then
+    configure_args=(--build="$(uname -m)-pc-linux-musl")
+    if [ -z "$cross" ]; then
+        configure_args+=(--with-ensurepip=install)
+    else
         build_python=${BUILD_PYTHON:-$(command -v python3.11 || command -v python3)}
         "$build_python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version'
         printf 'ac_cv_file__dev_ptmx=yes\nac_cv_file__dev_ptc=no\n' >"$work/build/config.site"
-        native=(--host="$arch-linux-musl" --build="$(uname -m)-pc-linux-musl" --with-ensurepip=no
+        configure_args+=(--host="$arch-linux-musl" --with-ensurepip=no
             --with-build-python="$build_python" --enable-ipv6 CONFIG_SITE="$work/build/config.site"
             PKG_CONFIG_LIBDIR="$prefix/lib/pkgconfig" READELF="${cross}readelf")
     fi
     dir=$(unpack "$(fetch_orig python3.11 "$(suite_version python3.11 bookworm)")" cpython)
-    (cd "$dir" && ./configure --prefix="$python" --with-openssl="$prefix" "${native[@]}" \
+    (cd "$dir" && ./configure --prefix="$python" --with-openssl="$prefix" "${configure_args[@]}" \
         "${off[@]}" CPPFLAGS="-I$prefix/include" LDFLAGS="-L$prefix/lib" >"$work/build/cpython-configure.log" &&
         make -s -j"$jobs" >"$work/build/cpython-make.log" 2>&1 &&
         make -s install >"$work/build/cpython-install.log" 2>&1)
@@ -257,10 +259,10 @@ assert not any("-linux-gnu/" in lib for lib in libs), libs
 print("C library mapped:", *(lib for lib in libs if pathlib.Path(lib).name.startswith(("libc.", "ld-"))))
 PY
 
-# Emulated, the same subset as the glibc aarch64 wheel's (.ci/aarch64_smoke.sh); natively, all.
+# Emulated, the same subset as the glibc aarch64 wheel's (.ci/emulated_tests); natively, all.
 tests=("${@:3}")
 if [ -n "$cross" ] && [ "${#tests[@]}" -eq 0 ]; then
-    tests=(tests/test_cpython_suite.py tests/test_api.py tests/test_servers.py tests/test_packaging.py)
+    mapfile -t tests < <(grep -v '^#' "$here/.ci/emulated_tests")
 fi
 step "the suite on the musl wheel (CPython's own test_socketserver included): ${tests[*]:-all of it}"
 mkdir -p "$work/run"

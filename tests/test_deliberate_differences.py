@@ -179,7 +179,11 @@ def listener_backlog(sock):
     return int.from_bytes(info[28:32], sys.byteorder)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's tcp_info")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="only Linux reports a listener's accept-queue limit back (tcp_info.tcpi_sacked); "
+    "macOS and the BSDs have no call that reads it",
+)
 def test_the_kernel_queues_up_to_its_own_limit_whatever_the_c_librarys_somaxconn(harness):
     """Difference: the kernel's accept queue for a default server is its own limit
     (``net.core.somaxconn``, at most the 4096 asked for), also where CPython's
