@@ -29,7 +29,7 @@ print("\n".join(dep for name in sys.argv[1].split(",") for dep in extras[name]))
 endef
 export LIST_EXTRAS
 
-.PHONY: help venv build test test-portable check-platforms lint fmt demo bench bench-tls soak fuzz wheel wheels musl-test clean
+.PHONY: help venv build test test-portable check-platforms lint fmt demo bench bench-tls soak fuzz wheel wheels musl-test unstable-test clean
 
 help: ## Show this list of targets
 	@echo "usage: make TARGET   (PYTHON=$(PYTHON) makes the venv; PYTEST_ARGS, DEMO_ARGS, BENCH_ARGS, SOAK_ARGS pass options on)"
@@ -168,6 +168,16 @@ musl-test: $(RELEASE_TOOLS) ## Build the musllinux wheel (MUSL_ARCH: x86_64, or 
 		--target $(MUSL_ARCH)-unknown-linux-musl --compatibility musllinux_1_2 --out $(MUSL_DIST)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) .ci/musl_soname.py $(MUSL_DIST)/*musllinux*.whl
 	.ci/musl_smoke.sh $(MUSL_DIST)/*-musllinux_1_2_$(MUSL_ARCH).whl $(MUSL_WORK)
+
+# `make unstable-test`: the x86_64 manylinux wheel (as `make wheels` builds it) on the CPythons
+# newer than pyenv's, as Debian unstable packages them, in a chroot that .ci/debian_unstable_smoke.sh
+# debootstraps and keeps under target/debian-unstable (root: debootstrap, chroot, unshare).
+UNSTABLE_WORK := target/debian-unstable
+unstable-test: $(RELEASE_TOOLS) ## Build the x86_64 manylinux wheel and run the suite on Debian unstable's CPythons (3.14, 3.15) in a chroot
+	rm -rf $(UNSTABLE_WORK)/dist
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(MATURIN) build --release --locked --zig \
+		--target x86_64-unknown-linux-gnu --compatibility manylinux2014 --out $(UNSTABLE_WORK)/dist
+	.ci/debian_unstable_smoke.sh $(UNSTABLE_WORK)/dist/*-manylinux2014_x86_64.*.whl $(UNSTABLE_WORK)
 
 clean: ## Remove build outputs, caches and .venv
 	rm -rf target $(VENV) $(DIST) .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -4,6 +4,8 @@ signatures are the stdlib's."""
 import inspect
 import socket
 import socketserver
+import sys
+import warnings
 
 import pytest
 import socketserver_rs
@@ -232,7 +234,21 @@ def test_context_manager_methods_are_called_like_the_stdlib(class_name):
         assert _call_shape(getattr(ours, name)) == _call_shape(getattr(theirs, name))
 
 
-def test_version_is_a_string(rs):
-    """socketserver_rs only: it exposes its distribution version."""
-    assert isinstance(rs.__version__, str)
-    assert rs.__version__
+VERSION_DEPRECATION = "'__version__' is deprecated and slated for removal in Python 3.20"
+
+
+def test_reading_version_warns_from_3_15_on_as_the_stdlib_does(ss):
+    """``__version__`` is a string in both (the stdlib's own, socketserver_rs's distribution
+    version). From CPython 3.15 on every read of it warns, pointing at the reader; before,
+    none does."""
+    for _ in range(2):  # every read, not only the first
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = ss.__version__
+        deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+        if sys.version_info >= (3, 15):
+            assert [str(w.message) for w in deprecations] == [VERSION_DEPRECATION]
+            assert deprecations[0].filename == __file__
+        else:
+            assert deprecations == []
+        assert isinstance(value, str) and value

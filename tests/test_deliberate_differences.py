@@ -3,7 +3,8 @@ where the stdlib is the reference for the behaviour that an opt-out restores).
 
 1. ``TCPServer.tcp_nodelay = True``: accepted TCP connections get ``TCP_NODELAY``, on the
    engine's fast path and on the Python ``get_request()`` path alike.
-2. ``TCPServer.request_queue_size = 4096`` (the stdlib's is 5), whatever ``socket.SOMAXCONN`` is.
+2. ``TCPServer.request_queue_size = 4096`` (the stdlib's is 5, and ``socket.SOMAXCONN`` from 3.15
+   on), whatever ``socket.SOMAXCONN`` is.
 
 Each test's docstring names the difference it pins.
 """
@@ -157,10 +158,14 @@ def test_unix_stream_connections_are_not_affected_by_tcp_nodelay(harness, unix_d
 # 2. request_queue_size = 4096 --------------------------------------------------------------
 
 
+# The stdlib's default backlog: 5, and from CPython 3.15 on the C library's SOMAXCONN.
+STDLIB_BACKLOG = getattr(socket, "SOMAXCONN", 5) if sys.version_info >= (3, 15) else 5
+
+
 def test_request_queue_size_defaults_to_4096():
-    """Difference: the listen backlog is 4096, on every libc; the stdlib's is 5. (Not
-    ``socket.SOMAXCONN``: 128 on a CPython built against musl.)"""
-    assert socketserver.TCPServer.request_queue_size == 5
+    """Difference: the listen backlog is 4096, on every libc; the stdlib's is 5 (before 3.15)
+    or ``socket.SOMAXCONN`` (from 3.15 on), which is 128 on a CPython built against musl."""
+    assert socketserver.TCPServer.request_queue_size == STDLIB_BACKLOG
     for cls in (
         rs.TCPServer,
         rs.ThreadingTCPServer,
@@ -244,9 +249,12 @@ def connections_completed_without_accept(server, attempts=40, timeout=0.3):
 
 def test_request_queue_size_5_restores_the_stdlib_backlog(harness):
     """Difference (opt-out): with ``request_queue_size = 5`` the kernel queues as many
-    unaccepted connections as under the stdlib's TCPServer; with the default, far more."""
+    unaccepted connections as under the stdlib's TCPServer with its default before 3.15, 5;
+    with our default, far more."""
     handler = nodelay_handler(rs)
-    stdlib_server = harness.server(socketserver.TCPServer, (LOOPBACK, 0), handler)
+    stdlib_server = harness.server(
+        socketserver.TCPServer, (LOOPBACK, 0), handler, request_queue_size=5
+    )
     restored = harness.server(rs.TCPServer, (LOOPBACK, 0), handler, request_queue_size=5)
     default = harness.server(rs.TCPServer, (LOOPBACK, 0), handler)
     stdlib_count = connections_completed_without_accept(stdlib_server)

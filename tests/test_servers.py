@@ -3,8 +3,10 @@ serving calls: ``handle_request()`` (timeouts, one request per call) and ``serve
 (``service_actions`` cadence, queued clients)."""
 
 import os
+import platform
 import select
 import socket
+import sys
 import threading
 import time
 
@@ -115,6 +117,32 @@ def test_reuse_attributes_set_the_socket_option_before_bind(
     server = harness.server(ss.TCPServer, (LOOPBACK, 0), echo_handler(ss), **{attribute: setting})
     value = server.socket.getsockopt(socket.SOL_SOCKET, getattr(socket, option))
     assert bool(value) is setting
+
+
+# CPython's socketserver leaves SO_REUSEPORT off Unix sockets from 3.12.9 and 3.13.2 on.
+STDLIB_SKIPS_REUSEPORT_ON_UNIX = sys.version_info >= (3, 13, 2) or (
+    (3, 12, 9) <= sys.version_info < (3, 13)
+)
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT here")
+@pytest.mark.parametrize(
+    "kind",
+    [pytest.param("unix_stream", marks=needs_unix), pytest.param("unix_dgram", marks=needs_unix)],
+)
+def test_allow_reuse_port_on_a_unix_server_is_not_passed_to_the_kernel(ss, harness, unix_dir, kind):
+    """As the stdlib from 3.12.9 and 3.13.2 on (a difference from 3.11's): SO_REUSEPORT is set
+    on IP sockets only. On a Unix socket it never did anything, and Linux refuses it there
+    from 6.12.9 on (EOPNOTSUPP), so setting it would make the constructor fail."""
+    if ss.__name__ == "socketserver" and not STDLIB_SKIPS_REUSEPORT_ON_UNIX:
+        pytest.skip(
+            f"the socketserver of CPython {platform.python_version()} sets it on Unix "
+            "sockets too (changed in 3.12.9 and 3.13.2)"
+        )
+    server = make(harness, ss, kind, unix_dir, allow_reuse_port=True, allow_reuse_address=True)
+    assert server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
+    assert server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+    assert server.server_address == server_address(kind, unix_dir)
 
 
 def test_context_manager_returns_the_server_and_closes_its_socket(ss):

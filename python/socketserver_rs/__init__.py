@@ -13,6 +13,8 @@ PYTEST_DONT_REWRITE.
 
 import os
 import socket
+import sys
+import warnings
 
 from ._activation import listen_fds, sd_notify
 from ._handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
@@ -81,19 +83,35 @@ for _name in __all__:
 del _name
 
 __version__: str
+_version = ""
+
+
+def _distribution_version() -> str:
+    """The installed distribution's version, read on first use: importing
+    ``importlib.metadata`` takes longer than the rest of the package, and every process run
+    through ``python -m socketserver_rs run`` imports the package at start-up."""
+    global _version
+    if not _version:
+        from importlib import metadata
+
+        try:
+            _version = metadata.version("socketserver-rs")
+        except metadata.PackageNotFoundError:  # running from a source tree without metadata
+            _version = "0+unknown"
+    return _version
 
 
 def __getattr__(name: str) -> str:
-    """``__version__``, read from the installed distribution on first use: importing
-    ``importlib.metadata`` takes longer than the rest of the package, and every process run
-    through ``python -m socketserver_rs run`` imports the package at start-up."""
+    """``__version__``: this distribution's version. From CPython 3.15 on, reading it warns as
+    reading the stdlib's ``socketserver.__version__`` does (a ``DeprecationWarning`` on every
+    read, pointing at the reader), so code swapped over sees what it saw;
+    ``importlib.metadata.version("socketserver-rs")`` reads the version without one."""
     if name != "__version__":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import metadata
-
-    try:
-        version = metadata.version("socketserver-rs")
-    except metadata.PackageNotFoundError:  # running from a source tree without metadata
-        version = "0+unknown"
-    globals()["__version__"] = version
-    return version
+    if sys.version_info >= (3, 15):
+        warnings.warn(
+            "'__version__' is deprecated and slated for removal in Python 3.20",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    return _distribution_version()

@@ -476,7 +476,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "(python -m socketserver_rs --port 0). `python -m socketserver_rs COMMAND --help` "
         "describes a command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {ss.__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {ss._distribution_version()}"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     echo = commands.add_parser(

@@ -293,12 +293,13 @@ class BaseServer:
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
-# The default listen backlog of the stream servers. Not socket.SOMAXCONN: that is the C
-# library's constant, fixed when CPython was compiled (128 with musl and older glibc, 4096 with
-# current glibc), so the same code would queue 32 times fewer clients on Alpine. The
-# kernel lowers any backlog to its own limit (Linux: net.core.somaxconn, 4096 since 5.4;
-# macOS and the BSDs: kern.ipc.somaxconn / kern.ipc.soacceptqueue), so asking for 4096 gets
-# the machine's own limit (up to 4096), whatever libc Python was built with.
+# The default listen backlog of the stream servers. Not socket.SOMAXCONN (the stdlib's default
+# from CPython 3.15 on; 5 before): that is the C library's constant, fixed when CPython was
+# compiled (128 with musl and older glibc, 4096 with current glibc), so the same code would
+# queue 32 times fewer clients on Alpine. The kernel lowers any backlog to its own limit
+# (Linux: net.core.somaxconn, 4096 since 5.4; macOS and the BSDs: kern.ipc.somaxconn /
+# kern.ipc.soacceptqueue), so asking for 4096 gets the machine's own limit (up to 4096),
+# whatever libc Python was built with.
 LISTEN_BACKLOG = 4096
 
 
@@ -310,9 +311,10 @@ class TCPServer(BaseServer):
 
     Two defaults differ from the stdlib, on purpose:
 
-    - ``request_queue_size`` is 4096 (the stdlib's is 5): with a backlog of 5, a burst of
-      clients connecting at once mostly lands in SYN retries for a second or more. The kernel
-      lowers it to its own limit. Set it to 5 to get the stdlib's backlog back.
+    - ``request_queue_size`` is 4096 (the stdlib's is 5, and ``socket.SOMAXCONN`` from 3.15
+      on): with a backlog of 5, a burst of clients connecting at once mostly lands in SYN
+      retries for a second or more. The kernel lowers it to its own limit. Set it to 5 to get
+      the backlog of the stdlib before 3.15.
     - ``tcp_nodelay`` is true: accepted TCP connections get ``TCP_NODELAY``, as asyncio and
       uvloop set it, so a reply written in pieces (headers, then body) is not held back
       ~40 ms by Nagle's algorithm waiting for a delayed ACK. Set it to False to keep Nagle.
@@ -345,7 +347,14 @@ class TCPServer(BaseServer):
             return
         if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT"):
+        # SO_REUSEPORT only on IP sockets, as the stdlib does from 3.12.9 and 3.13.2 on: on a
+        # Unix socket it never had an effect, and Linux refuses it there since 6.12.9 (and its
+        # stable backports).
+        if (
+            self.allow_reuse_port
+            and hasattr(socket, "SO_REUSEPORT")
+            and self.address_family in _TCP_FAMILIES
+        ):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self.socket.bind(self.server_address)
         self.server_address = self.socket.getsockname()
