@@ -45,6 +45,14 @@ if [ ! -e "$root/.built" ]; then
     touch "$root/.built"
 fi
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# The chroot trusts what the host trusts, before apt first fetches over TLS: the host's bundle
+# now, and the certificate authorities the host added itself (a TLS-inspecting proxy's, say)
+# where the ca-certificates package, once installed, builds its bundle from.
+mkdir -p "$root/etc/ssl/certs" "$root/usr/local/share/ca-certificates"
+cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+fi
 # The archive this machine reaches can be a snapshot whose Release file is past its Valid-Until
 # date (debootstrap does not look; apt refuses to update from it).
 echo 'Acquire::Check-Valid-Until "false";' >"$root/etc/apt/apt.conf.d/99snapshot"
@@ -60,12 +68,6 @@ for version in "${versions[@]}"; do
     packages+=("python$version" "python$version-venv" "libpython$version-testsuite")
 done
 in_chroot "apt-get install -y -qq --no-install-recommends ${packages[*]} >/dev/null"
-# Certificate authorities the host added itself (a TLS-inspecting proxy's, say) are trusted in
-# the chroot as well, so that pip reaches PyPI as the host's does.
-if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
-    cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
-    in_chroot "update-ca-certificates >/dev/null"
-fi
 in_chroot 'ldd --version | head -n 1'
 
 status=0
