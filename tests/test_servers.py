@@ -125,7 +125,10 @@ STDLIB_SKIPS_REUSEPORT_ON_UNIX = sys.version_info >= (3, 13, 2) or (
 )
 
 
-@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT here")
+@pytest.mark.skipif(
+    not hasattr(socket, "SO_REUSEPORT"),
+    reason="this platform has no SO_REUSEPORT, so there is no option for a server to leave off",
+)
 @pytest.mark.parametrize(
     "kind",
     [pytest.param("unix_stream", marks=needs_unix), pytest.param("unix_dgram", marks=needs_unix)],
@@ -136,8 +139,8 @@ def test_allow_reuse_port_on_a_unix_server_is_not_passed_to_the_kernel(ss, harne
     from 6.12.9 on (EOPNOTSUPP), so setting it would make the constructor fail."""
     if ss.__name__ == "socketserver" and not STDLIB_SKIPS_REUSEPORT_ON_UNIX:
         pytest.skip(
-            f"the socketserver of CPython {platform.python_version()} sets it on Unix "
-            "sockets too (changed in 3.12.9 and 3.13.2)"
+            f"the socketserver of CPython {platform.python_version()} predates the fix (3.12.9, "
+            "3.13.2): it sets SO_REUSEPORT on Unix sockets too, which this test asserts against"
         )
     server = make(harness, ss, kind, unix_dir, allow_reuse_port=True, allow_reuse_address=True)
     assert server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0

@@ -11,6 +11,7 @@ under ``python -m socketserver_rs run -m pytest``); there are no asserts to rewr
 PYTEST_DONT_REWRITE.
 """
 
+import functools
 import os
 import socket
 import sys
@@ -83,22 +84,19 @@ for _name in __all__:
 del _name
 
 __version__: str
-_version = ""
 
 
+@functools.cache
 def _distribution_version() -> str:
     """The installed distribution's version, read on first use: importing
     ``importlib.metadata`` takes longer than the rest of the package, and every process run
     through ``python -m socketserver_rs run`` imports the package at start-up."""
-    global _version
-    if not _version:
-        from importlib import metadata
+    from importlib import metadata
 
-        try:
-            _version = metadata.version("socketserver-rs")
-        except metadata.PackageNotFoundError:  # running from a source tree without metadata
-            _version = "0+unknown"
-    return _version
+    try:
+        return metadata.version("socketserver-rs")
+    except metadata.PackageNotFoundError:  # running from a source tree without metadata
+        return "0+unknown"
 
 
 def __getattr__(name: str) -> str:
