@@ -15,11 +15,11 @@ also tells which skips are the platform's: socketserver_rs must skip exactly tho
 import os
 import re
 import sys
-import sysconfig
 import types
 import unittest
 
 import pytest
+from _cpython_suites import problems, run_tests, stdlib_socketserver_loaded
 from _subprocess_helpers import run_in_fresh_interpreter
 
 SUITE = "test.test_socketserver"
@@ -53,33 +53,6 @@ def check_all_lists_public_names(testcase, module, defining_module):
     testcase.assertCountEqual(module.__all__, expected)
 
 
-def _iter_tests(suite):
-    for item in suite:
-        if isinstance(item, unittest.TestSuite):
-            yield from _iter_tests(item)
-        else:
-            yield item
-
-
-def _static_skip(test):
-    """The reason a skip decorator on the test or its class gives, or None."""
-    method = getattr(test, test._testMethodName)
-    for holder in (type(test), method):
-        if getattr(holder, "__unittest_skip__", False):
-            return getattr(holder, "__unittest_skip_why__", "")
-    return None
-
-
-def _stdlib_socketserver_loaded():
-    """Whether the stdlib's socketserver.py is loaded under any name in this interpreter."""
-    path = os.path.join(sysconfig.get_paths()["stdlib"], "socketserver.py")
-    for module in list(sys.modules.values()):
-        filename = getattr(module, "__file__", None)
-        if filename and os.path.exists(filename) and os.path.samefile(filename, path):
-            return True
-    return False
-
-
 def run_cpython_suite(implementation):
     """Child side: run ``test.test_socketserver`` on ``implementation``; return a summary.
 
@@ -108,7 +81,7 @@ def run_cpython_suite(implementation):
         "socketserver_is_expected": suite_module.socketserver is expected_module,
         "tcpserver_module": suite_module.socketserver.TCPServer.__module__,
         "tcpserver_is_expected": suite_module.socketserver.TCPServer is expected_module.TCPServer,
-        "stdlib_socketserver_loaded": _stdlib_socketserver_loaded(),
+        "stdlib_socketserver_loaded": stdlib_socketserver_loaded(),
     }
     assert swap["socketserver_is_expected"], swap
     assert swap["tcpserver_module"] == implementation, swap
@@ -124,36 +97,8 @@ def run_cpython_suite(implementation):
         adapted.append(f"{SUITE}.MiscTestCase.test_all")
 
     suite = unittest.defaultTestLoader.loadTestsFromModule(suite_module)
-    tests = list(_iter_tests(suite))
-    static_skips = {test.id(): _static_skip(test) for test in tests}
-
-    runner = unittest.TextTestRunner(stream=sys.stderr, verbosity=2)
-    result = runner.run(suite)
-
-    import test.support
-
-    summary = {
-        "implementation": implementation,
-        "swap": swap,
-        "adapted": adapted,
-        "test_ids": sorted(test.id() for test in tests),
-        "count": suite.countTestCases(),
-        "ran": result.testsRun,
-        "was_successful": result.wasSuccessful(),
-        "failures": [[test.id(), text] for test, text in result.failures],
-        "errors": [[test.id(), text] for test, text in result.errors],
-        "skipped": [[test.id(), reason] for test, reason in result.skipped],
-        "static_skips": {key: value for key, value in static_skips.items() if value is not None},
-        "expected_failures": [test.id() for test, _ in result.expectedFailures],
-        "unexpected_successes": [test.id() for test in result.unexpectedSuccesses],
-        "environment_altered": bool(test.support.environment_altered),
-    }
-    print(
-        f"{SUITE} on {implementation}: ran {summary['ran']} of {summary['count']}, "
-        f"failures {len(summary['failures'])}, errors {len(summary['errors'])}, "
-        f"skipped {len(summary['skipped'])}",
-        flush=True,
-    )
+    summary = run_tests(suite, implementation, SUITE)
+    summary.update(swap=swap, adapted=adapted)
     return summary
 
 
@@ -180,14 +125,6 @@ def rs_run(tmp_path_factory):
     return _run(RS, tmp_path_factory)
 
 
-def _problems(run):
-    return "\n".join(
-        f"{kind} {test_id}:\n{text}"
-        for kind in ("failures", "errors")
-        for test_id, text in run[kind]
-    )
-
-
 # --- the runner, proven on the stdlib ---------------------------------------------------------
 
 
@@ -199,7 +136,7 @@ def test_runner_passes_the_cpython_suite_on_the_stdlib_socketserver(stdlib_run):
     assert stdlib_run["adapted"] == []
     assert stdlib_run["count"] > 0
     assert stdlib_run["ran"] == stdlib_run["count"] == len(stdlib_run["test_ids"])
-    assert stdlib_run["failures"] == [] and stdlib_run["errors"] == [], _problems(stdlib_run)
+    assert stdlib_run["failures"] == [] and stdlib_run["errors"] == [], problems(stdlib_run)
     assert stdlib_run["was_successful"]
     assert stdlib_run["unexpected_successes"] == []
 
@@ -261,7 +198,7 @@ def test_cpython_suite_runs_every_one_of_its_tests_on_socketserver_rs(rs_run, st
 
 
 def test_cpython_suite_has_no_failures_or_errors_on_socketserver_rs(rs_run):
-    assert rs_run["failures"] == [] and rs_run["errors"] == [], _problems(rs_run)
+    assert rs_run["failures"] == [] and rs_run["errors"] == [], problems(rs_run)
     assert rs_run["unexpected_successes"] == []
     assert rs_run["expected_failures"] == []
     assert rs_run["was_successful"]
