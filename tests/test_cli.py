@@ -468,6 +468,7 @@ def test_http_serves_files_from_the_directory_to_urllib(start_demo, site):
     with pytest.raises(urllib.error.HTTPError) as missing:
         fetch(port, "/nothing-here")
     assert missing.value.code == 404
+    missing.value.close()  # the error holds the response and its socket open
     if os.path.isdir("/proc/self"):
         assert core_module_is_loaded(demo.proc.pid)
 
