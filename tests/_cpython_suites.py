@@ -13,6 +13,8 @@ import sys
 import sysconfig
 import unittest
 
+import pytest
+
 
 def stdlib_socketserver_loaded():
     """Whether the stdlib's socketserver.py is loaded under any name in this interpreter."""
@@ -87,3 +89,18 @@ def problems(run):
         for kind in ("failures", "errors")
         for test_id, text in run[kind]
     )
+
+
+def assert_no_leak_that_the_stdlib_run_did_not_have(rs_run, stdlib_run):
+    """Ours left no thread or child process behind, where the stdlib's run left none either.
+
+    ``environment_altered`` is set by ``test.support``'s reap_threads/reap_children (regrtest's
+    ENV CHANGED). When the stdlib's own run sets it on this machine, the suite itself (or the
+    machine) leaks there, and a leak in our run could not be told apart from that: skip.
+    """
+    if stdlib_run["environment_altered"]:
+        pytest.skip(
+            "no clean baseline: the suite's run on the stdlib left a thread or child process "
+            "behind on this machine, so the same finding on ours would not point at ours"
+        )
+    assert not rs_run["environment_altered"]

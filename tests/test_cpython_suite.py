@@ -19,7 +19,12 @@ import types
 import unittest
 
 import pytest
-from _cpython_suites import problems, run_tests, stdlib_socketserver_loaded
+from _cpython_suites import (
+    assert_no_leak_that_the_stdlib_run_did_not_have,
+    problems,
+    run_tests,
+    stdlib_socketserver_loaded,
+)
 from _subprocess_helpers import run_in_fresh_interpreter
 
 SUITE = "test.test_socketserver"
@@ -216,8 +221,4 @@ def test_cpython_suite_skips_only_the_platform_skips_on_socketserver_rs(rs_run, 
 
 
 def test_cpython_suite_leaves_no_threads_or_children_behind_on_socketserver_rs(rs_run, stdlib_run):
-    # reap_threads/reap_children set environment_altered when a test leaks a thread or a
-    # child process; regrtest reports that as ENV CHANGED.
-    if stdlib_run["environment_altered"]:
-        pytest.skip("the stdlib run itself altered the environment on this machine")
-    assert not rs_run["environment_altered"]
+    assert_no_leak_that_the_stdlib_run_did_not_have(rs_run, stdlib_run)
